@@ -1,0 +1,174 @@
+"""Typed, validated configuration read from YAML.
+
+Every section is a dataclass; an unknown key is an error that names the file, the key
+and the closest known key. ``build_model`` (equipot.model.build) is the one place where
+the model section reaches the network.
+"""
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class DataConfig:
+    train: str = ""
+    valid: Optional[str] = None  # a file; otherwise valid_fraction of train, seeded
+    valid_fraction: float = 0.1
+    test: List[str] = field(default_factory=list)
+    keys: Dict[str, str] = field(default_factory=lambda: {"energy": "energy", "forces": "forces", "stress": "stress"})
+    energy_unit: str = "eV"
+    length_unit: str = "Angstrom"
+    e0s: Union[str, Dict[str, float]] = "fit"  # "fit", a file of isolated atoms, or {symbol: eV}
+    max_train: Optional[int] = None
+
+
+@dataclass
+class ModelConfig:
+    r_max: float = 5.0  # Å
+    num_layers: int = 2
+    channels: int = 32
+    lmax: int = 2
+    parity: str = "both"  # "both" or "natural"
+    correlation: int = 3  # body order per layer from A, A⊗A, A⊗A⊗A
+    num_basis: int = 8
+    radial_hidden: List[int] = field(default_factory=lambda: [64, 64])
+    readout_hidden: int = 16
+
+
+@dataclass
+class LossConfig:
+    energy: float = 1.0  # weight of the per-atom energy MSE (eV/atom)^2
+    forces: float = 100.0  # weight of the force-component MSE (eV/Å)^2
+    stress: float = 0.0  # weight of the stress-component MSE (eV/Å³)^2
+
+
+@dataclass
+class TrainingConfig:
+    dtype: str = "float32"
+    device: str = "cpu"
+    threads: Optional[int] = None
+    batch_size: int = 5
+    valid_batch_size: int = 20
+    max_epochs: int = 100
+    max_minutes: Optional[float] = None  # wall-clock limit of this run
+    optimizer: str = "adam"  # "adam" or "adamw"
+    lr: float = 0.01
+    weight_decay: float = 0.0
+    scheduler: str = "plateau"  # "plateau", "cosine" or "none"
+    lr_factor: float = 0.8
+    lr_patience: int = 10
+    ema_decay: Optional[float] = 0.99
+    patience: int = 50  # early stopping, in epochs without a better validation loss
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+@dataclass
+class Config:
+    output_dir: str = "run"
+    seed: int = 1234
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _from_dict(cls, values: Any, where: str, source: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: {where or 'top level'} must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(names)}"
+            raise ConfigError(f"{source}: unknown config key {path!r}{hint}")
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            kwargs[key] = _from_dict(kind, value, path, source)
+        else:
+            kwargs[key] = _check_type(value, kind, path, source)
+    return cls(**kwargs)
+
+
+def _check_type(value: Any, kind: Any, path: str, source: str) -> Any:
+    origin = typing.get_origin(kind)
+    args = typing.get_args(kind)
+    if origin is Union:
+        for option in args:
+            try:
+                return _check_type(value, option, path, source)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{source}: {path} has value {value!r} of the wrong type (expected {kind})")
+    if kind is type(None):
+        if value is None:
+            return None
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind in (str, bool):
+        if isinstance(value, kind):
+            return value
+    elif origin in (list, List):
+        if isinstance(value, list):
+            return [_check_type(v, args[0], f"{path}[{k}]", source) for k, v in enumerate(value)]
+    elif origin in (dict, Dict):
+        if isinstance(value, dict):
+            return {str(k): _check_type(v, args[1], f"{path}.{k}", source) for k, v in value.items()}
+    raise ConfigError(f"{source}: {path} has value {value!r} of the wrong type (expected {kind})")
+
+
+def _validate(config: Config, source: str) -> None:
+    m, t = config.model, config.training
+    checks = [
+        (m.r_max > 0, "model.r_max must be positive"),
+        (1 <= m.num_layers <= 8, "model.num_layers must be between 1 and 8"),
+        (m.channels >= 1, "model.channels must be positive"),
+        (0 <= m.lmax <= 3, "model.lmax must be between 0 and 3"),
+        (m.parity in ("both", "natural"), "model.parity must be 'both' or 'natural'"),
+        (1 <= m.correlation <= 3, "model.correlation must be 1, 2 or 3"),
+        (t.dtype in ("float32", "float64"), "training.dtype must be 'float32' or 'float64'"),
+        (t.optimizer in ("adam", "adamw"), "training.optimizer must be 'adam' or 'adamw'"),
+        (t.scheduler in ("plateau", "cosine", "none"), "training.scheduler must be plateau, cosine or none"),
+        (t.batch_size >= 1, "training.batch_size must be positive"),
+        (t.lr > 0, "training.lr must be positive"),
+        (0.0 < config.data.valid_fraction < 1.0 or config.data.valid, "data.valid_fraction must be in (0, 1)"),
+        (all(k in ("energy", "forces", "stress", "virial") for k in config.data.keys),
+         f"data.keys may map energy, forces, stress, virial; got {sorted(config.data.keys)}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(f"{source}: {message}")
+
+
+def config_from_dict(values: dict, source: str = "<config>") -> Config:
+    config = _from_dict(Config, values or {}, "", source)
+    _validate(config, source)
+    return config
+
+
+def load_config(path: str) -> Config:
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return config_from_dict(values, path)

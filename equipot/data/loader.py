@@ -1,0 +1,62 @@
+"""Batches of graphs from a list of configurations.
+
+Neighbour lists are built when a batch is made (vesin takes milliseconds), so a
+dataset of 10^5 configurations holds only positions and labels in memory. The loader
+draws its order from its own seeded generator, whose state goes into checkpoints, and
+can shard each global batch over ``world_size`` processes (data-parallel training).
+"""
+
+from typing import Iterator, List, Optional, Sequence
+
+import torch
+
+from ..graph import AtomicGraph, batch_graphs
+from .configuration import Configuration, to_graph
+
+
+class GraphLoader:
+    def __init__(
+        self,
+        configs: Sequence[Configuration],
+        cutoff: float,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.configs = configs
+        self.cutoff = cutoff
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.rank, self.world_size = rank, world_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return (len(self.configs) + self.batch_size - 1) // self.batch_size
+
+    def _order(self) -> List[int]:
+        if self.shuffle:
+            return torch.randperm(len(self.configs), generator=self.generator).tolist()
+        return list(range(len(self.configs)))
+
+    def __iter__(self) -> Iterator[AtomicGraph]:
+        order = self._order()
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            shard = chunk[self.rank :: self.world_size]
+            if shard:
+                yield batch_graphs([to_graph(self.configs[i], self.cutoff) for i in shard])
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def make_batch(configs: Sequence[Configuration], cutoff: float, dtype: Optional[torch.dtype] = None) -> AtomicGraph:
+    g = batch_graphs([to_graph(c, cutoff) for c in configs])
+    return g.to(dtype=dtype) if dtype is not None else g

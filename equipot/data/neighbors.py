@@ -1,0 +1,39 @@
+"""Neighbour lists with vesin (open, periodic, mixed and small triclinic cells)."""
+
+from typing import Tuple
+
+import numpy as np
+import vesin
+
+MIN_DISTANCE = 0.1  # Å; closer atoms are treated as a data error
+
+
+class CloseAtomsError(ValueError):
+    pass
+
+
+def neighbor_list(
+    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Full neighbour list within ``cutoff`` (Å).
+
+    Returns ``(edge_src, edge_dst, edge_shift)`` in the convention of
+    :mod:`equipot.graph`: the vector of an edge is
+    ``positions[src] - positions[dst] + shift @ cell``. Periodic directions may hold
+    several images of the same atom when the cell is smaller than twice the cutoff.
+    Raises :class:`CloseAtomsError` if two atoms (or images) are closer than 0.1 Å.
+    """
+    positions = np.ascontiguousarray(positions, dtype=np.float64)
+    pbc = np.asarray(pbc, dtype=bool)
+    box = np.asarray(cell, dtype=np.float64) if pbc.any() else np.zeros((3, 3))
+    if pbc.any() and abs(np.linalg.det(box[pbc][:, pbc] if not pbc.all() else box)) < 1e-12:
+        raise ValueError("periodic structure with a degenerate cell")
+    calc = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
+    i, j, shifts, d = calc.compute(positions, box, [bool(p) for p in pbc], quantities="ijSd")
+    if len(d) and d.min() < MIN_DISTANCE:
+        k = int(np.argmin(d))
+        raise CloseAtomsError(
+            f"atoms {int(i[k])} and {int(j[k])} are {d[k]:.4f} Å apart (less than {MIN_DISTANCE} Å)"
+        )
+    # vesin's vector is positions[j] - positions[i] + S @ box: j is the neighbour (src)
+    return j.astype(np.int64), i.astype(np.int64), shifts.astype(np.float64)

@@ -1,0 +1,96 @@
+"""One container for a batch of atomic structures as a single disconnected graph.
+
+Edge convention (stated once, used everywhere): edge ``e`` carries a message from
+atom ``edge_src[e]`` (the neighbour j) to atom ``edge_dst[e]`` (the centre i), and its
+vector points from the centre to the neighbour's periodic image::
+
+    r_ij = positions[edge_src] - positions[edge_dst] + edge_shift @ cell[graph]
+
+``edge_shift`` holds the integer lattice translation of the neighbour's image. The list
+is full: both (i, j) and (j, i) are present.
+"""
+
+from dataclasses import dataclass, field, replace
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from .fields import get_field
+
+
+@dataclass
+class AtomicGraph:
+    positions: torch.Tensor  # (N, 3) Å
+    numbers: torch.Tensor  # (N,) atomic numbers, int64
+    cell: torch.Tensor  # (G, 3, 3) Å, rows are lattice vectors; zeros for open systems
+    pbc: torch.Tensor  # (G, 3) bool
+    node_graph: torch.Tensor  # (N,) index of the structure each atom belongs to
+    edge_src: torch.Tensor  # (E,) neighbour j
+    edge_dst: torch.Tensor  # (E,) centre i
+    edge_shift: torch.Tensor  # (E, 3) integer image shifts, stored as float
+    n_graphs: int
+    targets: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def n_atoms(self) -> int:
+        return self.positions.shape[0]
+
+    def atoms_per_graph(self) -> torch.Tensor:
+        return torch.bincount(self.node_graph, minlength=self.n_graphs)
+
+    def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "AtomicGraph":
+        """Move to ``device``; floating tensors are cast to ``dtype`` if given."""
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            if dtype is not None and t.is_floating_point():
+                return t.to(device=device, dtype=dtype)
+            return t.to(device=device)
+
+        return replace(
+            self,
+            positions=move(self.positions),
+            numbers=move(self.numbers),
+            cell=move(self.cell),
+            pbc=move(self.pbc),
+            node_graph=move(self.node_graph),
+            edge_src=move(self.edge_src),
+            edge_dst=move(self.edge_dst),
+            edge_shift=move(self.edge_shift),
+            targets={k: move(v) for k, v in self.targets.items()},
+        )
+
+
+def batch_graphs(graphs: List[AtomicGraph]) -> AtomicGraph:
+    """Concatenate graphs into one; node and edge indices are offset per graph."""
+    offsets = np.cumsum([0] + [g.n_atoms for g in graphs[:-1]])
+    graph_offsets = np.cumsum([0] + [g.n_graphs for g in graphs[:-1]])
+    names = set(graphs[0].targets)
+    for g in graphs:
+        if set(g.targets) != names:
+            raise ValueError(
+                f"cannot batch structures with different labels: {sorted(names)} vs {sorted(g.targets)}"
+            )
+    targets = {}
+    for name in sorted(names):
+        targets[name] = torch.cat([g.targets[name] for g in graphs])
+    return AtomicGraph(
+        positions=torch.cat([g.positions for g in graphs]),
+        numbers=torch.cat([g.numbers for g in graphs]),
+        cell=torch.cat([g.cell for g in graphs]),
+        pbc=torch.cat([g.pbc for g in graphs]),
+        node_graph=torch.cat([g.node_graph + int(o) for g, o in zip(graphs, graph_offsets)]),
+        edge_src=torch.cat([g.edge_src + int(o) for g, o in zip(graphs, offsets)]),
+        edge_dst=torch.cat([g.edge_dst + int(o) for g, o in zip(graphs, offsets)]),
+        edge_shift=torch.cat([g.edge_shift for g in graphs]),
+        n_graphs=sum(g.n_graphs for g in graphs),
+        targets=targets,
+    )
+
+
+def check_target_shape(name: str, value: torch.Tensor, n_atoms: int) -> None:
+    """Raise if ``value`` does not have the shape the field table declares."""
+    f = get_field(name)
+    lead = (n_atoms,) if f.level == "node" else (1,)
+    if tuple(value.shape) != lead + f.shape:
+        raise ValueError(f"{name}: expected shape {lead + f.shape}, got {tuple(value.shape)}")

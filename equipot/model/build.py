@@ -1,0 +1,31 @@
+"""The one function where configuration becomes a model."""
+
+import torch
+
+from ..config import ModelConfig
+from ..data.statistics import Statistics
+from .energy_model import EnergyModel
+from .potential import Potential
+
+
+def build_model(config: ModelConfig, stats: Statistics) -> Potential:
+    """A :class:`Potential` for the species in ``stats``, with its shift and scale."""
+    species = list(stats.species)
+    shift = torch.tensor([stats.e0[z] + stats.energy_shift for z in species])
+    scale = torch.full((len(species),), float(stats.energy_scale))
+    energy_model = EnergyModel(
+        num_species=len(species),
+        r_max=config.r_max,
+        num_layers=config.num_layers,
+        channels=config.channels,
+        lmax=config.lmax,
+        parity=config.parity,
+        correlation=config.correlation,
+        num_basis=config.num_basis,
+        radial_hidden=config.radial_hidden,
+        readout_hidden=config.readout_hidden,
+        avg_num_neighbors=stats.avg_num_neighbors,
+        atomic_shift=shift,
+        atomic_scale=scale,
+    )
+    return Potential(energy_model, species)

@@ -1,0 +1,104 @@
+"""The equivariant network: species and edge vectors in, per-atom energies out."""
+
+from typing import List, Sequence
+
+import torch
+from e3nn import o3
+from torch import nn
+
+from ..nn import Interaction, LinearReadout, MLPReadout, RadialEmbedding
+
+
+def hidden_irreps(channels: int, lmax: int, parity: str) -> o3.Irreps:
+    """``channels`` copies of every irrep up to ``lmax``; scalars first.
+
+    parity "both": 0e, 0o, 1o, 1e, 2e, 2o, ...; "natural": 0e, 1o, 2e, ... only.
+    """
+    if parity not in ("both", "natural"):
+        raise ValueError(f"parity must be 'both' or 'natural', got {parity!r}")
+    irreps = []
+    for l in range(lmax + 1):
+        natural = 1 if l % 2 == 0 else -1
+        irreps.append((channels, (l, natural)))
+        if parity == "both":
+            irreps.append((channels, (l, -natural)))
+    scalars = [x for x in irreps if x[1][0] == 0]
+    return o3.Irreps(scalars + [x for x in irreps if x[1][0] > 0])
+
+
+class EnergyModel(nn.Module):
+    """Per-atom energies E_i = scale[s_i] * Σ_layers readout(h_i) + shift[s_i] (eV, float64).
+
+    Inputs are tensors: species indices (N,), edge vectors r_ij (E, 3) in Å in the
+    convention of :mod:`equipot.graph`, and the edge index tensors.
+    """
+
+    def __init__(
+        self,
+        num_species: int,
+        r_max: float,
+        num_layers: int,
+        channels: int,
+        lmax: int,
+        parity: str,
+        correlation: int,
+        num_basis: int,
+        radial_hidden: Sequence[int],
+        readout_hidden: int,
+        avg_num_neighbors: float,
+        atomic_shift: torch.Tensor,
+        atomic_scale: torch.Tensor,
+    ):
+        super().__init__()
+        self.num_species = num_species
+        self.irreps_sh = o3.Irreps.spherical_harmonics(lmax)
+        self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
+        self.radial = RadialEmbedding(r_max, num_basis)
+        irreps_embed = o3.Irreps(f"{channels}x0e")
+        self.embedding = o3.Linear(o3.Irreps(f"{num_species}x0e"), irreps_embed)
+        hidden = hidden_irreps(channels, lmax, parity)
+        self.layers = nn.ModuleList()
+        self.readouts = nn.ModuleList()
+        irreps_in = irreps_embed
+        for t in range(num_layers):
+            last = t == num_layers - 1
+            irreps_out = irreps_embed if last else hidden
+            self.layers.append(
+                Interaction(
+                    irreps_in, irreps_out, self.irreps_sh, hidden, num_species, num_basis,
+                    list(radial_hidden), avg_num_neighbors, correlation,
+                )
+            )
+            self.readouts.append(MLPReadout(irreps_out, readout_hidden) if last else LinearReadout(irreps_out))
+            irreps_in = irreps_out
+        # The shift is large (E0 ~ -10^3 eV) and is kept, and added, in float64 whatever the
+        # network's dtype, so that float32 training does not lose meV to rounding.
+        self.register_buffer("atomic_shift", atomic_shift.clone().to(torch.float64))
+        self.register_buffer("atomic_scale", atomic_scale.clone())
+
+    def _apply(self, fn, recurse=True):
+        shift = self._buffers.pop("atomic_shift")
+        super()._apply(fn, recurse)
+        device = self.atomic_scale.device
+        self._buffers["atomic_shift"] = shift.to(device=device, dtype=torch.float64)
+        return self
+
+    def forward(
+        self,
+        species: torch.Tensor,
+        edge_vec: torch.Tensor,
+        edge_src: torch.Tensor,
+        edge_dst: torch.Tensor,
+    ) -> torch.Tensor:
+        dtype = edge_vec.dtype
+        onehot = torch.nn.functional.one_hot(species, self.num_species).to(dtype)
+        length = torch.linalg.norm(edge_vec, dim=-1)
+        edge_sh = self.sh(edge_vec)
+        edge_radial = self.radial(length)
+        h = self.embedding(onehot)
+        out = torch.zeros(species.shape[0], dtype=dtype, device=edge_vec.device)
+        for layer, readout in zip(self.layers, self.readouts):
+            h = layer(h, onehot, species, edge_sh, edge_radial, edge_src, edge_dst)
+            out = out + readout(h)
+        scaled = (self.atomic_scale[species] * out).to(torch.float64)
+        return scaled + self.atomic_shift[species]

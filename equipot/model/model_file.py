@@ -1,0 +1,93 @@
+"""Model files: configuration + statistics + weights in one safetensors file.
+
+The configuration and statistics are JSON in the file's metadata; the weights are plain
+tensors. Loading rebuilds the network with :func:`build_model` and never unpickles or
+executes anything from the file.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Optional, Tuple
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..config import ConfigError, ModelConfig, _from_dict
+from ..data.statistics import Statistics
+from .build import build_model
+from .potential import Potential
+
+FORMAT = "equipot-model"
+FORMAT_VERSION = 1
+
+
+class ModelFileError(ValueError):
+    pass
+
+
+def atomic_write(path: str, write) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``: a crash never leaves half a file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_model(path: str, model: Potential, config: ModelConfig, stats: Statistics) -> None:
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "model_config": json.dumps(dataclasses.asdict(config)),
+        "statistics": json.dumps(stats.to_dict()),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+    }
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def read_model_file(path: str) -> Tuple[dict, ModelConfig, Statistics, dict]:
+    if not os.path.isfile(path):
+        raise ModelFileError(f"model file not found: {path}")
+    try:
+        tensors = load_file(path)
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelFileError(f"{path}: not a readable equipot model file ({err})") from None
+    if metadata.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: not an equipot model file (format {metadata.get('format')!r})")
+    version = int(metadata.get("format_version", -1))
+    if version != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: model file format version {version}; this equipot reads version {FORMAT_VERSION}"
+        )
+    try:
+        config = _from_dict(ModelConfig, json.loads(metadata["model_config"]), "model", path)
+        stats = Statistics.from_dict(json.loads(metadata["statistics"]))
+    except (KeyError, json.JSONDecodeError, ConfigError, TypeError) as err:
+        raise ModelFileError(f"{path}: damaged metadata ({err})") from None
+    return tensors, config, stats, metadata
+
+
+def load_model(path: str, dtype: Optional[torch.dtype] = None, device: str = "cpu") -> Potential:
+    """Rebuild a model from ``path``; ``dtype`` defaults to the dtype it was saved in."""
+    tensors, config, stats, metadata = read_model_file(path)
+    model = build_model(config, stats)
+    saved_dtype = getattr(torch, metadata.get("dtype", "float32"))
+    model = model.to(dtype=dtype or saved_dtype)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise ModelFileError(f"{path}: weights do not match the model (missing {missing}, unexpected {unexpected})")
+    model.model_config, model.statistics = config, stats
+    return model.to(device).eval()

@@ -1,0 +1,67 @@
+"""Energies and their derivatives for a batch of structures, in one autograd pass."""
+
+from typing import Dict, List, Sequence
+
+import torch
+from ase.data import chemical_symbols
+from torch import nn
+
+from ..geometry import apply_strain, cell_volumes, edge_vectors, symmetric_strain
+from ..graph import AtomicGraph
+from .energy_model import EnergyModel
+
+
+class UnknownElementError(ValueError):
+    pass
+
+
+class Potential(nn.Module):
+    """Wraps an :class:`EnergyModel`; returns energy, per-atom energies, forces, virial, stress.
+
+    Output units: energy and energies eV, forces eV/Å, virial eV, stress eV/Å³ (ASE sign;
+    zero for open structures, which have no volume).
+    """
+
+    def __init__(self, energy_model: EnergyModel, species: Sequence[int]):
+        super().__init__()
+        self.energy_model = energy_model
+        self.species = [int(z) for z in species]
+        z_to_index = torch.full((119,), -1, dtype=torch.long)
+        z_to_index[torch.tensor(self.species)] = torch.arange(len(self.species))
+        self.register_buffer("z_to_index", z_to_index, persistent=False)
+
+    def species_index(self, numbers: torch.Tensor) -> torch.Tensor:
+        index = self.z_to_index[numbers.clamp(0, 118)]
+        if (index < 0).any() or (numbers > 118).any():
+            bad = sorted({int(z) for z in numbers[(index < 0) | (numbers > 118)].tolist()})
+            names = ", ".join(chemical_symbols[z] if 0 <= z < 119 else str(z) for z in bad)
+            known = ", ".join(chemical_symbols[z] for z in self.species)
+            raise UnknownElementError(
+                f"this model was not trained on element(s) {names}; it knows {known}"
+            )
+        return index
+
+    def forward(self, graph: AtomicGraph, training: bool = False) -> Dict[str, torch.Tensor]:
+        """``training=True`` keeps the graph of the derivatives for a loss on forces/stress."""
+        species = self.species_index(graph.numbers)
+        positions = graph.positions.detach().requires_grad_(True)
+        displacement, strain = symmetric_strain(graph.n_graphs, positions.dtype, positions.device)
+        pos, cell = apply_strain(positions, graph.cell, strain, graph.node_graph)
+        vec = edge_vectors(pos, cell, graph.node_graph, graph.edge_src, graph.edge_dst, graph.edge_shift)
+        energies = self.energy_model(species, vec, graph.edge_src, graph.edge_dst)
+        energy = torch.zeros(graph.n_graphs, dtype=energies.dtype, device=energies.device)
+        energy = energy.index_add(0, graph.node_graph, energies)
+        grad_pos, grad_strain = torch.autograd.grad(
+            energy.sum(), [positions, displacement], create_graph=training
+        )
+        volume = cell_volumes(graph.cell)
+        periodic = graph.pbc.any(dim=1) & (volume > 0)
+        safe_volume = torch.where(periodic, volume, torch.ones_like(volume))
+        stress = torch.where(periodic[:, None, None], grad_strain / safe_volume[:, None, None], 0.0)
+        return {
+            "energy": energy,
+            "energies": energies,
+            "forces": -grad_pos,
+            "virial": -grad_strain,
+            "stress": stress,
+        }

@@ -1,0 +1,127 @@
+"""One equivariant message-passing layer (tensors in, tensors out).
+
+Per edge (the only per-edge work): a channel-wise ("uvu") Clebsch–Gordan tensor product
+of the neighbour's features with the spherical harmonics of the edge direction, weighted
+by a radial network of the edge length. Per node: the messages are summed into atomic
+features A_i, which are raised to higher body order by channel-wise products
+A, A⊗A, A⊗A⊗A with species-dependent weights (as MACE does on nodes), mixed, passed
+through a gated nonlinearity, and added to a species-dependent self-connection.
+"""
+
+from typing import List, Tuple
+
+import torch
+from e3nn import nn as enn
+from e3nn import o3
+from torch import nn
+
+from .gate import make_gate
+
+
+def uvu_instructions(
+    irreps_in: o3.Irreps, irreps_sh: o3.Irreps, allowed: List[o3.Irrep]
+) -> Tuple[o3.Irreps, list]:
+    """Channel-wise tensor product paths whose outputs are in ``allowed``; outputs sorted."""
+    mid, instructions = [], []
+    for i, (mul, ir_in) in enumerate(irreps_in):
+        for j, (_, ir_sh) in enumerate(irreps_sh):
+            for ir_out in ir_in * ir_sh:
+                if ir_out in allowed:
+                    instructions.append((i, j, len(mid), "uvu", True))
+                    mid.append((mul, ir_out))
+    mid = o3.Irreps(mid)
+    mid_sorted, perm, _ = mid.sort()
+    instructions = [(i, j, perm[k], mode, train) for i, j, k, mode, train in instructions]
+    return mid_sorted, instructions
+
+
+def uuu_instructions(irreps1: o3.Irreps, irreps2: o3.Irreps, irreps_out: o3.Irreps) -> list:
+    """Channel-wise product paths from (irreps1, irreps2) into each irrep of irreps_out."""
+    out = []
+    for i, (mul1, ir1) in enumerate(irreps1):
+        for j, (mul2, ir2) in enumerate(irreps2):
+            for k, (mul3, ir3) in enumerate(irreps_out):
+                if ir3 in ir1 * ir2 and mul1 == mul2 == mul3:
+                    out.append((i, j, k, "uuu", True))
+    return out
+
+
+class ProductBasis(nn.Module):
+    """Body order on nodes: sum of A, A⊗A, ... up to ``correlation`` factors of A.
+
+    The weights of each product path depend on the species of the atom.
+    """
+
+    def __init__(self, irreps: o3.Irreps, num_species: int, correlation: int):
+        super().__init__()
+        self.products = nn.ModuleList()
+        self.weights = nn.ParameterList()
+        for _ in range(correlation - 1):
+            tp = o3.TensorProduct(
+                irreps, irreps, irreps, uuu_instructions(irreps, irreps, irreps),
+                shared_weights=False, internal_weights=False,
+            )
+            self.products.append(tp)
+            self.weights.append(nn.Parameter(torch.randn(num_species, tp.weight_numel)))
+
+    def forward(self, a: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        total, power = a, a
+        for tp, w in zip(self.products, self.weights):
+            power = tp(power, a, w[species])
+            total = total + power
+        return total
+
+
+class Interaction(nn.Module):
+    """h (irreps_in) on atoms -> h' (irreps_out); see the module docstring."""
+
+    def __init__(
+        self,
+        irreps_in: o3.Irreps,
+        irreps_out: o3.Irreps,
+        irreps_sh: o3.Irreps,
+        irreps_hidden: o3.Irreps,
+        num_species: int,
+        num_basis: int,
+        radial_hidden: List[int],
+        avg_num_neighbors: float,
+        correlation: int,
+    ):
+        super().__init__()
+        self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
+        self.avg_num_neighbors = float(avg_num_neighbors)
+        self.linear_up = o3.Linear(self.irreps_in, self.irreps_in)
+        allowed = [ir for _, ir in irreps_hidden]
+        irreps_mid, instructions = uvu_instructions(self.irreps_in, irreps_sh, allowed)
+        self.conv = o3.TensorProduct(
+            self.irreps_in, irreps_sh, irreps_mid, instructions,
+            shared_weights=False, internal_weights=False,
+        )
+        self.radial = enn.FullyConnectedNet(
+            [num_basis] + list(radial_hidden) + [self.conv.weight_numel], torch.nn.functional.silu
+        )
+        self.linear_msg = o3.Linear(irreps_mid, irreps_hidden)
+        self.product = ProductBasis(o3.Irreps(irreps_hidden), num_species, correlation)
+        self.gate = make_gate(self.irreps_out)
+        self.linear_out = o3.Linear(irreps_hidden, self.gate.irreps_in)
+        self.skip = o3.FullyConnectedTensorProduct(
+            self.irreps_in, o3.Irreps(f"{num_species}x0e"), self.irreps_out
+        )
+
+    def forward(
+        self,
+        h: torch.Tensor,  # (N, irreps_in.dim)
+        species_onehot: torch.Tensor,  # (N, num_species)
+        species: torch.Tensor,  # (N,) species index
+        edge_sh: torch.Tensor,  # (E, irreps_sh.dim)
+        edge_radial: torch.Tensor,  # (E, num_basis), already enveloped
+        edge_src: torch.Tensor,
+        edge_dst: torch.Tensor,
+    ) -> torch.Tensor:
+        up = self.linear_up(h)
+        messages = self.conv(up[edge_src], edge_sh, self.radial(edge_radial))
+        a = torch.zeros(h.shape[0], messages.shape[1], dtype=messages.dtype, device=messages.device)
+        a = a.index_add(0, edge_dst, messages) / self.avg_num_neighbors
+        a = self.linear_msg(a)
+        b = self.product(a, species)
+        return self.gate(self.linear_out(b)) + self.skip(h, species_onehot)
