@@ -1,0 +1,7 @@
+"""Training: loss, metrics, EMA, checkpoints and the loop."""
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .loop import CHECKPOINT, MODEL, Trainer
+from .world import World
+
+__all__ = ["CheckpointError", "load_checkpoint", "CHECKPOINT", "MODEL", "Trainer", "World"]

@@ -1,0 +1,52 @@
+"""Metrics CSV and learning-curve plot of a training run, rewritten atomically each epoch."""
+
+import csv
+import io
+import os
+from typing import List
+
+from ..model.model_file import atomic_write
+
+
+def write_history(out_dir: str, history: List[dict]) -> None:
+    if not history:
+        return
+    columns = list(dict.fromkeys(k for row in history for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(history)
+
+    def write_csv(tmp):
+        with open(tmp, "w", newline="") as f:
+            f.write(buffer.getvalue())
+
+    atomic_write(os.path.join(out_dir, "metrics.csv"), write_csv)
+    plot_learning_curve(os.path.join(out_dir, "learning_curve.png"), history)
+
+
+def plot_learning_curve(path: str, history: List[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    panels = [("train_loss", "valid_loss", "loss")]
+    for key, label in (("valid_energy_per_atom_rmse", "E RMSE (meV/atom)"),
+                       ("valid_forces_rmse", "F RMSE (meV/Å)"), ("valid_stress_rmse", "S RMSE (meV/Å³)")):
+        if key in history[-1]:
+            panels.append((key, None, label))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    axes = axes if len(panels) > 1 else [axes]
+    for ax, (a, b, label) in zip(axes, panels):
+        ax.plot(epochs, [row[a] for row in history], label=a.replace("_", " "))
+        if b:
+            ax.plot(epochs, [row[b] for row in history], label=b.replace("_", " "))
+            ax.legend()
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)

@@ -1,0 +1,224 @@
+"""The training loop: `equipot train CONFIG.yaml`.
+
+Everything that changes during training (weights, EMA, optimiser, scheduler, the data
+order's random state, the history) is checkpointed atomically at the end of every epoch,
+so ``resume=True`` continues exactly where a killed run left off. Work is split over a
+:class:`World` of processes; only its main process writes files.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from ..config import Config
+from ..data import GraphLoader
+from ..data.statistics import Statistics
+from ..model import build_model, save_model
+from .checkpoint import load_checkpoint, save_checkpoint
+from .ema import EMA
+from .history import write_history
+from .loss import combine, squared_error_terms
+from .metrics import ErrorAccumulator
+from .setup import read_splits, training_statistics
+from .world import World
+
+CHECKPOINT = "checkpoint.pt"
+MODEL = "model.safetensors"
+
+
+class Trainer:
+    def __init__(self, config: Config, world: Optional[World] = None, progress: bool = True):
+        self.config = config
+        self.world = world or World()
+        self.progress = progress and self.world.is_main
+        self.out = config.output_dir
+        self.dtype = getattr(torch, config.training.dtype)
+        self.device = torch.device(config.training.device)
+
+    # ----------------------------------------------------------------- set-up
+    def _setup(self, resume: bool) -> Optional[dict]:
+        t = self.config.training
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        torch.manual_seed(self.config.seed)
+        state = load_checkpoint(os.path.join(self.out, CHECKPOINT)) if resume else None
+        self.splits = read_splits(self.config)
+        if state is not None:
+            self.stats = Statistics.from_dict(json.loads(state["statistics"]))
+        else:
+            self.stats = training_statistics(self.config, self.splits.train)
+        self.model = build_model(self.config.model, self.stats).to(self.device, self.dtype)
+        self.optimizer = self._optimizer()
+        self.scheduler = self._scheduler()
+        self.ema = EMA(self.model, t.ema_decay) if t.ema_decay else None
+        r_max = self.config.model.r_max
+        self.train_loader = GraphLoader(
+            self.splits.train, r_max, t.batch_size, shuffle=True, seed=self.config.seed,
+            rank=self.world.rank, world_size=self.world.size,
+        )
+        self.valid_loader = GraphLoader(
+            self.splits.valid, r_max, t.valid_batch_size, rank=self.world.rank, world_size=self.world.size
+        )
+        self.epoch, self.best_loss, self.bad_epochs, self.history = 0, math.inf, 0, []
+        if state is not None:
+            self._load_state(state)
+        return state
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        t = self.config.training
+        cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+        return cls(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+
+    def _scheduler(self):
+        t = self.config.training
+        if t.scheduler == "plateau":
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, factor=t.lr_factor, patience=t.lr_patience)
+        if t.scheduler == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=t.max_epochs)
+        return None
+
+    # --------------------------------------------------------------- state
+    def _state(self) -> dict:
+        return {
+            "format": "equipot-checkpoint",
+            "config": json.dumps(self.config.to_dict()),
+            "statistics": json.dumps(self.stats.to_dict()),
+            "epoch": self.epoch,
+            "best_loss": self.best_loss,
+            "bad_epochs": self.bad_epochs,
+            "history": json.dumps(self.history),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else {},
+            "ema": self.ema.state_dict() if self.ema else {},
+            "train_loader": self.train_loader.state_dict(),
+        }
+
+    def _load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema:
+            self.ema.load_state_dict(state["ema"])
+        self.train_loader.load_state_dict(state["train_loader"])
+        self.epoch, self.best_loss = int(state["epoch"]), float(state["best_loss"])
+        self.bad_epochs, self.history = int(state["bad_epochs"]), json.loads(state["history"])
+
+    # --------------------------------------------------------------- epochs
+    def _global_counts(self, terms) -> Dict[str, torch.Tensor]:
+        names = sorted(terms)
+        counts = self.world.sum(torch.stack([terms[n][1] for n in names]))
+        return dict(zip(names, counts))
+
+    def _train_epoch(self, bar) -> float:
+        self.model.train()
+        weights, total, n = self.config.training.loss, 0.0, 0
+        for graph in self.train_loader:
+            graph = graph.to(self.device, self.dtype)
+            self.optimizer.zero_grad(set_to_none=True)
+            terms = squared_error_terms(self.model(graph, training=True), graph, weights)
+            loss = combine(terms, self._global_counts(terms), weights)
+            loss.backward()
+            self.world.sum_gradients(self.model)
+            self.optimizer.step()
+            if self.ema:
+                self.ema.update(self.model)
+            total, n = total + float(loss.detach()), n + 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{total / n:.4g}")
+        return total / max(n, 1)
+
+    def _validate(self) -> Dict[str, float]:
+        self.model.eval()
+        weights = self.config.training.loss
+        acc, sums = ErrorAccumulator(), {}
+        for graph in self.valid_loader:
+            graph = graph.to(self.device, self.dtype)
+            pred = self.model(graph)
+            for name, (sq, count) in squared_error_terms(pred, graph, weights).items():
+                s, c = sums.get(name, (0.0, 0.0))
+                sums[name] = (s + float(sq), c + float(count))
+            acc.add_batch(
+                {k: v.detach().cpu().double().numpy() for k, v in pred.items()},
+                {k: v.cpu().double().numpy() for k, v in graph.targets.items()},
+                graph.atoms_per_graph().cpu().numpy(),
+            )
+        names = sorted(sums)
+        flat = self.world.sum(torch.tensor([x for n in names for x in sums[n]], dtype=torch.float64))
+        loss = sum(getattr(weights, n) * flat[2 * k] / max(float(flat[2 * k + 1]), 1.0) for k, n in enumerate(names))
+        summary = acc.summary() if not self.world.distributed else self._reduce_summary(acc)
+        return {"valid_loss": float(loss), **{f"valid_{k}": v for k, v in summary.items()}}
+
+    def _reduce_summary(self, acc: ErrorAccumulator) -> Dict[str, float]:
+        flat = self.world.sum(torch.tensor(acc.state(), dtype=torch.float64)).numpy().reshape(-1, 3)
+        for (a, s, c), name in zip(flat, sorted(acc.count)):
+            acc.abs_sum[name], acc.sq_sum[name], acc.count[name] = a, s, c
+        return acc.summary()
+
+    # --------------------------------------------------------------- run
+    def run(self, resume: bool = False) -> Dict[str, float]:
+        self._setup(resume)
+        t, start = self.config.training, time.time()
+        if self.world.is_main:
+            os.makedirs(self.out, exist_ok=True)
+            with open(os.path.join(self.out, "config.yaml"), "w") as f:
+                yaml.safe_dump(self.config.to_dict(), f, sort_keys=False)
+        stop_reason = "max_epochs"
+        while self.epoch < t.max_epochs:
+            bar = tqdm(total=len(self.train_loader), desc=f"epoch {self.epoch + 1}/{t.max_epochs}",
+                       leave=False, disable=not self.progress)
+            train_loss = self._train_epoch(bar)
+            bar.close()
+            if self.ema:
+                self.ema.swap(self.model)
+            metrics = self._validate()
+            improved = metrics["valid_loss"] < self.best_loss
+            if improved and self.world.is_main:
+                save_model(os.path.join(self.out, MODEL), self.model, self.config.model, self.stats)
+            if self.ema:
+                self.ema.swap(self.model)
+            self._step_scheduler(metrics["valid_loss"])
+            self.epoch += 1
+            self.best_loss = min(self.best_loss, metrics["valid_loss"])
+            self.bad_epochs = 0 if improved else self.bad_epochs + 1
+            row = {"epoch": self.epoch, "wall_s": round(time.time() - start, 3),
+                   "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss, **metrics}
+            self.history.append(row)
+            if self.world.is_main:
+                save_checkpoint(os.path.join(self.out, CHECKPOINT), self._state())
+                write_history(self.out, self.history)
+                if self.progress:
+                    tqdm.write(_epoch_line(row))
+            if self.bad_epochs >= t.patience:
+                stop_reason = "early_stopping"
+                break
+            if t.max_minutes is not None and time.time() - start > 60 * t.max_minutes:
+                stop_reason = "wall_clock"
+                break
+        self.world.barrier()
+        return {"stop_reason": stop_reason, "epochs": self.epoch, "best_valid_loss": self.best_loss}
+
+    def _step_scheduler(self, valid_loss: float) -> None:
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(valid_loss)
+        elif self.scheduler is not None:
+            self.scheduler.step()
+
+
+def _epoch_line(row: dict) -> str:
+    parts = [f"epoch {row['epoch']:4d}", f"loss {row['train_loss']:.4g}", f"valid {row['valid_loss']:.4g}"]
+    for key, label in (("valid_energy_per_atom_rmse", "E"), ("valid_forces_rmse", "F"), ("valid_stress_rmse", "S")):
+        if key in row:
+            parts.append(f"{label} RMSE {row[key]:.2f}")
+    parts.append(f"lr {row['lr']:.2g}")
+    return " | ".join(parts)

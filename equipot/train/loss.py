@@ -1,0 +1,41 @@
+"""Weighted loss as sums and counts, so it can be normalised over a global batch.
+
+Each term is a sum of squared errors and the number of items it sums; the loss is
+Σ_k w_k · sum_k / count_k with the counts of the *global* batch. Summing gradients over
+data-parallel processes then gives exactly the gradient of one process that sees the
+whole batch.
+"""
+
+from typing import Dict, Tuple
+
+import torch
+
+from ..config import LossConfig
+from ..graph import AtomicGraph
+
+
+def squared_error_terms(
+    pred: Dict[str, torch.Tensor], graph: AtomicGraph, weights: LossConfig
+) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
+    """{term: (sum of squared errors, count)} for the terms with a positive weight."""
+    terms = {}
+    n_atoms = graph.atoms_per_graph().to(torch.float64)
+    if weights.energy > 0:
+        ref = graph.targets["energy"].to(torch.float64)
+        err = (pred["energy"] - ref) / n_atoms
+        terms["energy"] = (err.pow(2).sum(), torch.tensor(float(err.numel()), dtype=torch.float64))
+    if weights.forces > 0:
+        err = pred["forces"] - graph.targets["forces"].to(pred["forces"].dtype)
+        terms["forces"] = (err.pow(2).sum().to(torch.float64), torch.tensor(float(err.numel()), dtype=torch.float64))
+    if weights.stress > 0:
+        err = pred["stress"] - graph.targets["stress"].to(pred["stress"].dtype)
+        terms["stress"] = (err.pow(2).sum().to(torch.float64), torch.tensor(float(err.numel()), dtype=torch.float64))
+    return terms
+
+
+def combine(terms: Dict[str, Tuple[torch.Tensor, torch.Tensor]], counts: Dict[str, torch.Tensor], weights: LossConfig) -> torch.Tensor:
+    """Σ_k w_k · sum_k / counts_k; ``counts`` may be global (reduced over processes)."""
+    total = 0.0
+    for name, (sq_sum, _) in terms.items():
+        total = total + getattr(weights, name) * sq_sum / counts[name].clamp(min=1.0)
+    return total

@@ -1,0 +1,83 @@
+"""From a data config to training and validation sets and training-set statistics."""
+
+import os
+from dataclasses import dataclass
+from typing import Dict, List
+
+import numpy as np
+from ase.data import atomic_numbers, chemical_symbols
+
+from ..config import Config, ConfigError, DataConfig
+from ..data import Configuration, DataError, compute_statistics, fit_e0, read_configurations, species_of
+from ..data.reading import iread_configurations
+from ..data.statistics import Statistics
+from ..units import energy_factor
+
+
+@dataclass
+class Splits:
+    train: List[Configuration]
+    valid: List[Configuration]
+
+
+def required_fields(config: Config) -> List[str]:
+    w = config.training.loss
+    fields = [name for name in ("energy", "forces") if getattr(w, name) > 0]
+    if w.stress > 0:
+        fields.append("virial" if "virial" in config.data.keys and "stress" not in config.data.keys else "stress")
+    return fields
+
+
+def read_splits(config: Config) -> Splits:
+    d = config.data
+    if not d.train:
+        raise ConfigError("data.train is not set: name the training data file")
+    kwargs = dict(keys=d.keys, required=required_fields(config), energy_unit=d.energy_unit, length_unit=d.length_unit)
+    configs = read_configurations(d.train, **kwargs)
+    if d.valid:
+        valid = read_configurations(d.valid, **kwargs)
+        train = configs
+    else:
+        rng = np.random.default_rng(config.seed)
+        order = rng.permutation(len(configs))
+        n_valid = max(1, int(round(d.valid_fraction * len(configs))))
+        if n_valid >= len(configs):
+            raise DataError(f"{d.train}: {len(configs)} structures are too few to split off a validation set")
+        valid = [configs[i] for i in order[:n_valid]]
+        train = [configs[i] for i in order[n_valid:]]
+    if d.max_train is not None:
+        train = train[: d.max_train]
+    return Splits(train=train, valid=valid)
+
+
+def read_e0s(e0s, data: DataConfig, train: List[Configuration], species: List[int]) -> Dict[int, float]:
+    """E0 per atomic number from "fit", a file of isolated atoms, or a {symbol: eV} map."""
+    if isinstance(e0s, dict):
+        out = {}
+        for symbol, value in e0s.items():
+            if symbol not in atomic_numbers:
+                raise ConfigError(f"data.e0s: unknown element {symbol!r}")
+            out[atomic_numbers[symbol]] = float(value) * energy_factor(data.energy_unit)
+        return out
+    if e0s == "fit":
+        if not all("energy" in c.targets for c in train):
+            return {z: 0.0 for z in species}
+        return fit_e0(train, species)
+    if not os.path.isfile(e0s):
+        raise ConfigError(f"data.e0s: expected 'fit', a mapping or a file; file not found: {e0s}")
+    out = {}
+    keys = {"energy": data.keys.get("energy", "energy")}
+    for c in iread_configurations(e0s, keys=keys, required=["energy"], energy_unit=data.energy_unit, length_unit=data.length_unit):
+        if c.n_atoms != 1:
+            raise DataError(f"{c.source}: an isolated-atom file must hold single atoms, found {c.n_atoms}")
+        out[int(c.numbers[0])] = float(c.targets["energy"])
+    missing = [chemical_symbols[z] for z in species if z not in out]
+    if missing:
+        raise DataError(f"{e0s}: no isolated-atom energy for {', '.join(missing)}")
+    return out
+
+
+def training_statistics(config: Config, train: List[Configuration]) -> Statistics:
+    species = species_of(train)
+    e0 = read_e0s(config.data.e0s, config.data, train, species)
+    return compute_statistics(train, config.model.r_max, e0, species)
