@@ -147,7 +147,7 @@ class Trainer:
             pred = self.model(graph)
             for name, (sq, count) in squared_error_terms(pred, graph, weights).items():
                 s, c = sums.get(name, (0.0, 0.0))
-                sums[name] = (s + float(sq), c + float(count))
+                sums[name] = (s + float(sq.detach()), c + float(count))
             acc.add_batch(
                 {k: v.detach().cpu().double().numpy() for k, v in pred.items()},
                 {k: v.cpu().double().numpy() for k, v in graph.targets.items()},

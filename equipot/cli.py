@@ -1,0 +1,120 @@
+"""The `equipot` command line: train, eval, md, demo."""
+
+import argparse
+import sys
+
+from .config import ConfigError
+
+
+def _train(args) -> None:
+    from .config import load_config
+    from .train import Trainer
+
+    config = load_config(args.config)
+    result = Trainer(config, progress=not args.quiet).run(resume=args.resume)
+    print(f"training stopped ({result['stop_reason']}) after {result['epochs']} epochs; "
+          f"best model: {config.output_dir}/model.safetensors")
+
+
+def _eval(args) -> None:
+    import torch
+
+    from .evaluate import evaluate_file, format_table, write_json
+    from .model import load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.model, dtype=getattr(torch, args.dtype) if args.dtype else None)
+    keys = {"energy": args.energy_key, "forces": args.forces_key, "stress": args.stress_key}
+    summary = evaluate_file(model, args.data, out_dir=args.out, keys=keys, energy_unit=args.energy_unit,
+                            length_unit=args.length_unit, batch_size=args.batch_size)
+    print(format_table(summary))
+    if args.json:
+        write_json(args.json, summary)
+    if args.out:
+        print(f"parity plot and predictions in {args.out}")
+
+
+def _md(args) -> None:
+    import torch
+
+    from .md import run_md
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run_md(args.model, args.structure, args.out, ensemble=args.ensemble, timestep_fs=args.timestep_fs,
+                    temperature_K=args.temperature_K, steps=args.steps, interval=args.interval, dtype=args.dtype)
+    print(f"trajectory: {result.trajectory}\nlog: {result.log}")
+    if result.energy_drift_meV_per_atom is not None:
+        print(f"NVE energy drift: {result.energy_drift_meV_per_atom:.4f} meV/atom "
+              f"(max deviation {result.max_energy_deviation_meV_per_atom:.4f} meV/atom)")
+
+
+def _demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(args.out, max_minutes=args.minutes, md_steps=args.md_steps)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="equipot", description="E(3)-equivariant interatomic potentials")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model from a YAML config")
+    t.add_argument("config")
+    t.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pt")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("eval", help="errors, parity plots and predictions of a model on a data file")
+    e.add_argument("model")
+    e.add_argument("data")
+    e.add_argument("--json", help="write the metrics as JSON here")
+    e.add_argument("--out", help="folder for the parity plot and the predictions (extxyz)")
+    e.add_argument("--energy-key", default="energy")
+    e.add_argument("--forces-key", default="forces")
+    e.add_argument("--stress-key", default="stress")
+    e.add_argument("--energy-unit", default="eV")
+    e.add_argument("--length-unit", default="Angstrom")
+    e.add_argument("--batch-size", type=int, default=20)
+    e.add_argument("--dtype", choices=["float32", "float64"])
+    e.add_argument("--threads", type=int)
+    e.set_defaults(func=_eval)
+
+    m = sub.add_parser("md", help="molecular dynamics through ASE")
+    m.add_argument("model")
+    m.add_argument("structure", help="any ASE-readable file; its first frame is used")
+    m.add_argument("--ensemble", choices=["nve", "nvt"], default="nve")
+    m.add_argument("--timestep-fs", type=float, default=0.5)
+    m.add_argument("--temperature-K", type=float, default=300.0)
+    m.add_argument("--steps", type=int, default=1000)
+    m.add_argument("--interval", type=int, default=10, help="steps between trajectory frames")
+    m.add_argument("--dtype", choices=["float32", "float64"])
+    m.add_argument("--threads", type=int)
+    m.add_argument("--out", default="md")
+    m.set_defaults(func=_md)
+
+    d = sub.add_parser("demo", help="train, evaluate and run MD on the shipped demo data")
+    d.add_argument("--out", default="equipot-demo")
+    d.add_argument("--minutes", type=float, default=4.0, help="training wall-clock limit")
+    d.add_argument("--md-steps", type=int, default=400)
+    d.set_defaults(func=_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    from .data import DataError
+    from .model import ModelFileError, UnknownElementError
+    from .train import CheckpointError
+
+    try:
+        args.func(args)
+    except (ConfigError, DataError, ModelFileError, UnknownElementError, CheckpointError, FileNotFoundError) as err:
+        print(f"equipot: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

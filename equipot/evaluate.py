@@ -1,0 +1,154 @@
+"""`equipot eval MODEL DATA`: errors, parity plots and predictions of a model on a data set."""
+
+import json
+import os
+from typing import Dict, List, Optional, Sequence
+
+import ase.io
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from .data import Configuration, GraphLoader, read_configurations
+from .model.model_file import atomic_write
+from .model.potential import Potential
+from .train.metrics import ErrorAccumulator
+
+EVAL_KEYS = {"energy": "energy", "forces": "forces", "stress": "stress"}
+
+
+def predict(
+    model: Potential, configs: Sequence[Configuration], batch_size: int = 20, progress: bool = False
+) -> List[Dict[str, np.ndarray]]:
+    """Predictions per configuration (numpy, eV / Å units), in input order."""
+    from tqdm import tqdm
+
+    dtype = next(model.parameters()).dtype
+    device = next(model.parameters()).device
+    r_max = model.model_config.r_max
+    loader = GraphLoader(configs, r_max, batch_size)
+    results = []
+    for graph in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
+        pred = model(graph.to(device, dtype))
+        pred = {k: v.detach().cpu().double().numpy() for k, v in pred.items()}
+        starts = np.cumsum([0] + graph.atoms_per_graph().tolist())
+        for g in range(graph.n_graphs):
+            a, b = starts[g], starts[g + 1]
+            results.append({
+                "energy": float(pred["energy"][g]),
+                "energies": pred["energies"][a:b],
+                "forces": pred["forces"][a:b],
+                "stress": pred["stress"][g],
+                "periodic": bool(graph.pbc[g].any()),
+            })
+    return results
+
+
+def error_table(configs: Sequence[Configuration], preds: Sequence[dict]) -> Dict[str, float]:
+    acc = ErrorAccumulator()
+    for c, p in zip(configs, preds):
+        targets = {k: np.asarray(v)[None] if k in ("energy", "stress") else np.asarray(v) for k, v in c.targets.items()}
+        pred = {"energy": np.array([p["energy"]]), "forces": p["forces"], "stress": p["stress"][None]}
+        acc.add_batch(pred, {k: v for k, v in targets.items() if k in ("energy", "forces", "stress")}, np.array([c.n_atoms]))
+    summary = acc.summary()
+    summary["n_structures"] = len(configs)
+    summary["n_atoms"] = int(sum(c.n_atoms for c in configs))
+    return summary
+
+
+def format_table(summary: Dict[str, float]) -> str:
+    rows = [("energy", "meV"), ("energy_per_atom", "meV/atom"), ("forces", "meV/Å"), ("stress", "meV/Å³")]
+    lines = [f"{'quantity':<18}{'MAE':>12}{'RMSE':>12}  unit"]
+    for name, unit in rows:
+        if f"{name}_mae" in summary:
+            lines.append(f"{name:<18}{summary[name + '_mae']:>12.3f}{summary[name + '_rmse']:>12.3f}  {unit}")
+    lines.append(f"{summary['n_structures']} structures, {summary['n_atoms']} atoms")
+    return "\n".join(lines)
+
+
+def parity_plot(path: str, configs: Sequence[Configuration], preds: Sequence[dict], title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    if all("energy" in c.targets for c in configs):
+        ref = np.array([float(c.targets["energy"]) / c.n_atoms for c in configs])
+        pred = np.array([p["energy"] / c.n_atoms for c, p in zip(configs, preds)])
+        panels.append(("energy (eV/atom)", ref, pred))
+    if all("forces" in c.targets for c in configs):
+        ref = np.concatenate([np.asarray(c.targets["forces"]).reshape(-1) for c in configs])
+        pred = np.concatenate([p["forces"].reshape(-1) for p in preds])
+        panels.append(("force components (eV/Å)", ref, pred))
+    if panels and all("stress" in c.targets for c in configs):
+        ref = np.concatenate([np.asarray(c.targets["stress"]).reshape(-1) for c in configs])
+        pred = np.concatenate([p["stress"].reshape(-1) for p in preds])
+        panels.append(("stress components (eV/Å³)", ref, pred))
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4))
+    axes = np.atleast_1d(axes)
+    for ax, (label, ref, pred) in zip(axes, panels):
+        lo, hi = min(ref.min(), pred.min()), max(ref.max(), pred.max())
+        ax.plot([lo, hi], [lo, hi], color="0.6", lw=1)
+        ax.scatter(ref, pred, s=4, alpha=0.5)
+        rmse = np.sqrt(np.mean((pred - ref) ** 2))
+        ax.set_title(f"{label}\nRMSE {1000 * rmse:.2f} m{label.split('(')[1][:-1]}", fontsize=9)
+        ax.set_xlabel("reference")
+        ax.set_ylabel("predicted")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def write_predictions(path: str, configs: Sequence[Configuration], preds: Sequence[dict]) -> None:
+    frames = []
+    for c, p in zip(configs, preds):
+        atoms = Atoms(numbers=c.numbers, positions=c.positions, cell=c.cell, pbc=c.pbc)
+        for name, value in c.targets.items():
+            if np.ndim(value) >= 1 and np.shape(value)[0] == c.n_atoms and name in ("forces", "energies"):
+                atoms.arrays[f"REF_{name}"] = np.asarray(value)
+            else:
+                atoms.info[f"REF_{name}"] = np.asarray(value).reshape(-1) if np.ndim(value) else float(value)
+        atoms.arrays["energies"] = p["energies"]
+        results = {"energy": p["energy"], "forces": p["forces"]}
+        if p["periodic"]:
+            results["stress"] = p["stress"]
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        frames.append(atoms)
+    atomic_write(path, lambda tmp: ase.io.write(tmp, frames, format="extxyz"))
+
+
+def evaluate_file(
+    model: Potential,
+    data_path: str,
+    out_dir: Optional[str] = None,
+    keys: Optional[Dict[str, str]] = None,
+    energy_unit: str = "eV",
+    length_unit: str = "Angstrom",
+    batch_size: int = 20,
+    progress: bool = True,
+) -> Dict[str, float]:
+    """Errors of ``model`` on ``data_path``; with ``out_dir``, also plots and predictions."""
+    configs = read_configurations(data_path, keys=keys or EVAL_KEYS, energy_unit=energy_unit, length_unit=length_unit)
+    preds = predict(model, configs, batch_size=batch_size, progress=progress)
+    summary = error_table(configs, preds)
+    summary["data"] = data_path
+    if out_dir:
+        stem = os.path.splitext(os.path.basename(data_path))[0]
+        os.makedirs(out_dir, exist_ok=True)
+        parity_plot(os.path.join(out_dir, f"{stem}_parity.png"), configs, preds, title=stem)
+        write_predictions(os.path.join(out_dir, f"{stem}_predictions.xyz"), configs, preds)
+    return summary
+
+
+def write_json(path: str, obj) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+
+    atomic_write(path, write)
