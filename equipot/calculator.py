@@ -52,7 +52,7 @@ class EquipotCalculator(Calculator):
         )
         graph = to_graph(config, self.r_max).to(self.device, self.dtype)
         out = self.model(graph)
-        energy = float(out["energy"][0])
+        energy = float(out["energy"][0].detach())
         self.results = {
             "energy": energy,
             "free_energy": energy,

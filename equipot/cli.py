@@ -104,13 +104,14 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    from .data import DataError
+    from .data import CloseAtomsError, DataError
     from .model import ModelFileError, UnknownElementError
     from .train import CheckpointError
 
     try:
         args.func(args)
-    except (ConfigError, DataError, ModelFileError, UnknownElementError, CheckpointError, FileNotFoundError) as err:
+    except (ConfigError, DataError, CloseAtomsError, ModelFileError, UnknownElementError, CheckpointError,
+            FileNotFoundError) as err:
         print(f"equipot: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -48,7 +48,7 @@ class GraphLoader:
             chunk = order[start : start + self.batch_size]
             shard = chunk[self.rank :: self.world_size]
             if shard:
-                yield batch_graphs([to_graph(self.configs[i], self.cutoff) for i in shard])
+                yield _batch([to_graph(self.configs[i], self.cutoff) for i in shard])
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
@@ -57,6 +57,19 @@ class GraphLoader:
         self.generator.set_state(state["generator"])
 
 
+def _batch(graphs: List[AtomicGraph]) -> AtomicGraph:
+    """Batch graphs, keeping only the labels that every structure carries.
+
+    A file may hold molecules without stress next to crystals with stress; a label that
+    a loss term needs is required when reading, so every structure has it.
+    """
+    common = set.intersection(*(set(g.targets) for g in graphs))
+    for g in graphs:
+        if set(g.targets) != common:
+            g.targets = {k: v for k, v in g.targets.items() if k in common}
+    return batch_graphs(graphs)
+
+
 def make_batch(configs: Sequence[Configuration], cutoff: float, dtype: Optional[torch.dtype] = None) -> AtomicGraph:
-    g = batch_graphs([to_graph(c, cutoff) for c in configs])
+    g = _batch([to_graph(c, cutoff) for c in configs])
     return g.to(dtype=dtype) if dtype is not None else g

@@ -11,7 +11,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from .configuration import Configuration
-from .neighbors import neighbor_list
+from .neighbors import CloseAtomsError, neighbor_list
 
 
 @dataclass
@@ -59,7 +59,10 @@ def fit_e0(configs: Sequence[Configuration], species: Sequence[int]) -> Dict[int
 def average_neighbors(configs: Sequence[Configuration], cutoff: float) -> float:
     n_edges = n_atoms = 0
     for c in configs:
-        src, _, _ = neighbor_list(c.positions, c.cell, c.pbc, cutoff)
+        try:
+            src, _, _ = neighbor_list(c.positions, c.cell, c.pbc, cutoff)
+        except CloseAtomsError as err:
+            raise CloseAtomsError(f"{c.source}: {err}") from None
         n_edges += len(src)
         n_atoms += c.n_atoms
     return n_edges / max(n_atoms, 1)

@@ -67,6 +67,7 @@ class EnergyModel(nn.Module):
                 Interaction(
                     irreps_in, irreps_out, self.irreps_sh, hidden, num_species, num_basis,
                     list(radial_hidden), avg_num_neighbors, correlation,
+                    self_connection=t > 0,
                 )
             )
             self.readouts.append(MLPReadout(irreps_out, readout_hidden) if last else LinearReadout(irreps_out))

@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..config import ConfigError, ModelConfig, _from_dict
+from ..config import ModelConfig, _from_dict
 from ..data.statistics import Statistics
 from .build import build_model
 from .potential import Potential
@@ -67,7 +67,10 @@ def read_model_file(path: str) -> Tuple[dict, ModelConfig, Statistics, dict]:
         raise ModelFileError(f"{path}: not a readable equipot model file ({err})") from None
     if metadata.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an equipot model file (format {metadata.get('format')!r})")
-    version = int(metadata.get("format_version", -1))
+    try:
+        version = int(metadata.get("format_version", -1))
+    except ValueError:
+        raise ModelFileError(f"{path}: unreadable format version {metadata.get('format_version')!r}") from None
     if version != FORMAT_VERSION:
         raise ModelFileError(
             f"{path}: model file format version {version}; this equipot reads version {FORMAT_VERSION}"
@@ -75,7 +78,7 @@ def read_model_file(path: str) -> Tuple[dict, ModelConfig, Statistics, dict]:
     try:
         config = _from_dict(ModelConfig, json.loads(metadata["model_config"]), "model", path)
         stats = Statistics.from_dict(json.loads(metadata["statistics"]))
-    except (KeyError, json.JSONDecodeError, ConfigError, TypeError) as err:
+    except (KeyError, ValueError, TypeError, AttributeError) as err:  # JSON, config or statistics damage
         raise ModelFileError(f"{path}: damaged metadata ({err})") from None
     return tensors, config, stats, metadata
 
@@ -83,10 +86,18 @@ def read_model_file(path: str) -> Tuple[dict, ModelConfig, Statistics, dict]:
 def load_model(path: str, dtype: Optional[torch.dtype] = None, device: str = "cpu") -> Potential:
     """Rebuild a model from ``path``; ``dtype`` defaults to the dtype it was saved in."""
     tensors, config, stats, metadata = read_model_file(path)
-    model = build_model(config, stats)
-    saved_dtype = getattr(torch, metadata.get("dtype", "float32"))
-    model = model.to(dtype=dtype or saved_dtype)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    saved_name = metadata.get("dtype", "float32")
+    if saved_name not in ("float32", "float64"):
+        raise ModelFileError(f"{path}: unsupported dtype {saved_name!r} in the model file")
+    try:
+        model = build_model(config, stats)
+    except (KeyError, ValueError, TypeError) as err:  # statistics inconsistent with the configuration
+        raise ModelFileError(f"{path}: damaged metadata ({type(err).__name__}: {err})") from None
+    model = model.to(dtype=dtype or getattr(torch, saved_name))
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as err:  # tensors of the wrong shape for the stored configuration
+        raise ModelFileError(f"{path}: weights do not match the model ({err})") from None
     if missing or unexpected:
         raise ModelFileError(f"{path}: weights do not match the model (missing {missing}, unexpected {unexpected})")
     model.model_config, model.statistics = config, stats

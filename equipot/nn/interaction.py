@@ -6,6 +6,11 @@ by a radial network of the edge length. Per node: the messages are summed into a
 features A_i, which are raised to higher body order by channel-wise products
 A, A⊗A, A⊗A⊗A with species-dependent weights (as MACE does on nodes), mixed, passed
 through a gated nonlinearity, and added to a species-dependent self-connection.
+
+The first layer has no self-connection: its input is the species embedding, so a
+self-connection would only add a learnt per-species constant, and an isolated atom
+(no edges) would no longer have exactly the energy of its shift (E0 + mean residual).
+Without it every layer maps "no neighbours" to zero features.
 """
 
 from typing import List, Tuple
@@ -86,6 +91,7 @@ class Interaction(nn.Module):
         radial_hidden: List[int],
         avg_num_neighbors: float,
         correlation: int,
+        self_connection: bool = True,
     ):
         super().__init__()
         self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
@@ -104,8 +110,10 @@ class Interaction(nn.Module):
         self.product = ProductBasis(o3.Irreps(irreps_hidden), num_species, correlation)
         self.gate = make_gate(self.irreps_out)
         self.linear_out = o3.Linear(irreps_hidden, self.gate.irreps_in)
-        self.skip = o3.FullyConnectedTensorProduct(
-            self.irreps_in, o3.Irreps(f"{num_species}x0e"), self.irreps_out
+        self.skip = (
+            o3.FullyConnectedTensorProduct(self.irreps_in, o3.Irreps(f"{num_species}x0e"), self.irreps_out)
+            if self_connection
+            else None
         )
 
     def forward(
@@ -124,4 +132,7 @@ class Interaction(nn.Module):
         a = a.index_add(0, edge_dst, messages) / self.avg_num_neighbors
         a = self.linear_msg(a)
         b = self.product(a, species)
-        return self.gate(self.linear_out(b)) + self.skip(h, species_onehot)
+        out = self.gate(self.linear_out(b))
+        if self.skip is not None:
+            out = out + self.skip(h, species_onehot)
+        return out

@@ -19,6 +19,12 @@ def squared_error_terms(
 ) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
     """{term: (sum of squared errors, count)} for the terms with a positive weight."""
     terms = {}
+    for name in ("energy", "forces", "stress"):
+        if getattr(weights, name) > 0 and name not in graph.targets:
+            raise ValueError(
+                f"loss term {name!r} has weight {getattr(weights, name)} but the data carry no {name} labels; "
+                f"set its weight to 0 or map {name} in data.keys"
+            )
     n_atoms = graph.atoms_per_graph().to(torch.float64)
     if weights.energy > 0:
         ref = graph.targets["energy"].to(torch.float64)

@@ -32,7 +32,14 @@ def read_splits(config: Config) -> Splits:
     d = config.data
     if not d.train:
         raise ConfigError("data.train is not set: name the training data file")
-    kwargs = dict(keys=d.keys, required=required_fields(config), energy_unit=d.energy_unit, length_unit=d.length_unit)
+    required = required_fields(config)
+    for name in required:
+        if name not in d.keys:
+            raise ConfigError(
+                f"training.loss.{'stress' if name == 'virial' else name} has a positive weight but data.keys "
+                f"does not say where {name} is stored; add e.g. {name}: {name} to data.keys"
+            )
+    kwargs = dict(keys=d.keys, required=required, energy_unit=d.energy_unit, length_unit=d.length_unit)
     configs = read_configurations(d.train, **kwargs)
     if d.valid:
         valid = read_configurations(d.valid, **kwargs)

@@ -1,0 +1,111 @@
+"""Accuracy at a fixed CPU wall-clock budget: train equipot, evaluate on the test files.
+
+    python benchmarks/accuracy.py acac --budget-minutes 25 --threads 1
+    python benchmarks/accuracy.py ethanol --budget-minutes 25 --threads 1
+
+Writes docs/benchmarks/<dataset>.json, docs/benchmarks/<dataset>.md and parity plots.
+The validation split (seeded) is carved from the training file; test files are only evaluated.
+"""
+
+import argparse
+import time
+
+import torch
+
+from common import DATA, DOCS, machine, write_result
+
+from equipot.config import config_from_dict
+from equipot.evaluate import evaluate_file
+from equipot.model import load_model
+from equipot.train import MODEL, Trainer
+
+DATASETS = {
+    "acac": {
+        "train": "acac/train_300K.xyz", "n_train": 450, "valid_fraction": 0.1,
+        "e0s": "acac/isolated_atoms.xyz",
+        "tests": ["test_MD_300K", "test_MD_600K", "test_dihedral", "test_H_transfer"],
+        "published": {  # MACE paper Table 3 (RMSE; E meV per molecule, F meV/Å)
+            "mace": {"test_MD_300K": (0.9, 5.1), "test_MD_600K": (4.6, 22.4)},
+            "nequip": {"test_MD_300K": (0.81, 5.90), "test_MD_600K": (6.04, 27.8)},
+        },
+        "published_metric": "rmse",
+    },
+    "ethanol": {
+        "train": "ethanol/train.xyz", "n_train": 950, "valid_fraction": 0.05,
+        "e0s": "fit", "tests": ["test_MD"],
+        "published": {"mace": {"test_MD": (0.4, 2.1)}, "nequip": {"test_MD": (0.4, 2.8)}},
+        "published_metric": "mae",
+    },
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("dataset", choices=sorted(DATASETS))
+    p.add_argument("--budget-minutes", type=float, default=25.0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--channels", type=int, default=64)
+    p.add_argument("--lmax", type=int, default=1)
+    p.add_argument("--parity", default="natural")
+    p.add_argument("--correlation", type=int, default=3)
+    p.add_argument("--num-layers", type=int, default=2)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=5)
+    p.add_argument("--variant", default=None)
+    p.add_argument("--out", default=None, help="training output folder (default runs/<dataset>)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    spec = DATASETS[args.dataset]
+    variant = args.variant or f"lmax{args.lmax}-{args.parity}-c{args.channels}-nu{args.correlation}"
+    out_dir = args.out or f"runs/{args.dataset}-{variant}"
+    model_cfg = dict(channels=args.channels, lmax=args.lmax, parity=args.parity,
+                     correlation=args.correlation, num_layers=args.num_layers, r_max=5.0)
+    n_total = int(round(spec["n_train"] / (1 - spec["valid_fraction"])))
+    config = config_from_dict({
+        "output_dir": out_dir, "seed": 1234,
+        "data": {"train": str(DATA / spec["train"]), "valid_fraction": spec["valid_fraction"],
+                 "e0s": spec["e0s"] if spec["e0s"] == "fit" else str(DATA / spec["e0s"]),
+                 "keys": {"energy": "energy", "forces": "forces"}, "max_train": spec["n_train"]},
+        "model": model_cfg,
+        "training": {"dtype": args.dtype, "threads": args.threads, "batch_size": args.batch_size,
+                     "lr": args.lr, "max_epochs": 100000, "max_minutes": args.budget_minutes,
+                     "patience": 100000, "scheduler": "plateau", "lr_patience": 10, "lr_factor": 0.8,
+                     "ema_decay": 0.99, "loss": {"energy": 1.0, "forces": 100.0}},
+    }, "benchmark config")
+    start = time.time()
+    result = Trainer(config, progress=False).run()
+    train_wall = time.time() - start
+    model = load_model(f"{out_dir}/{MODEL}")
+    n_params = sum(p.numel() for p in model.parameters())
+    records, rows = [], []
+    common = {"model": "equipot", "variant": variant, "dataset": args.dataset, "train_wall_s": round(train_wall),
+              "dtype": args.dtype, "n_train": spec["n_train"], "epochs": result["epochs"], "n_params": n_params}
+    for test in spec["tests"]:
+        path = DATA / args.dataset / f"{test}.xyz"
+        s = evaluate_file(model, str(path), out_dir=str(DOCS / f"{args.dataset}-{variant}"), progress=False)
+        for metric, key, unit in (("energy_rmse", "energy_rmse", "meV"), ("energy_mae", "energy_mae", "meV"),
+                                  ("forces_rmse", "forces_rmse", "meV/A"), ("forces_mae", "forces_mae", "meV/A")):
+            records.append({**common, "split": test, "metric": metric, "value": round(s[key], 3), "unit": unit})
+        rows.append((test, s["energy_rmse"], s["forces_rmse"], s["energy_mae"], s["forces_mae"]))
+    for peer, values in spec["published"].items():
+        for test, (e, f) in values.items():
+            m = spec["published_metric"]
+            records.append({"model": f"published:{peer}", "variant": "paper", "dataset": args.dataset, "split": test,
+                            "metric": f"energy_{m}", "value": e, "unit": "meV"})
+            records.append({"model": f"published:{peer}", "variant": "paper", "dataset": args.dataset, "split": test,
+                            "metric": f"forces_{m}", "value": f, "unit": "meV/A"})
+    path = write_result(f"{args.dataset}-{variant}", args.threads, records)
+    md = [f"# {args.dataset}: equipot {variant}, {args.budget_minutes:g} min budget",
+          "", f"Machine: {machine(args.threads)['cpu']}, {args.threads} thread(s); {args.dtype}; "
+          f"{result['epochs']} epochs in {train_wall / 60:.1f} min; {n_params} parameters; "
+          f"command: `{' '.join(['python benchmarks/accuracy.py', args.dataset, '--budget-minutes', str(args.budget_minutes), '--threads', str(args.threads)])}`",
+          "", "| split | E RMSE (meV) | F RMSE (meV/Å) | E MAE (meV) | F MAE (meV/Å) |", "|---|---|---|---|---|"]
+    md += [f"| {t} | {a:.2f} | {b:.2f} | {c:.2f} | {d:.2f} |" for t, a, b, c, d in rows]
+    (DOCS / f"{args.dataset}-{variant}.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

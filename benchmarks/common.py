@@ -1,0 +1,63 @@
+"""Shared helpers of the benchmark scripts: machine description and the JSON record format
+of ../shared/design/BENCHMARKS.md."""
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+DOCS = REPO / "docs" / "benchmarks"
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine(threads: int) -> dict:
+    return {"cpu": f"{cpu_name()} ({os.cpu_count()} cores)", "gpu": None, "threads": threads}
+
+
+def commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True).strip()
+    except Exception:
+        return "unknown"
+
+
+def versions() -> dict:
+    import ase
+    import e3nn
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "e3nn": e3nn.__version__, "ase": ase.__version__}
+
+
+def write_result(name: str, threads: int, records: list, extra: dict | None = None) -> Path:
+    DOCS.mkdir(parents=True, exist_ok=True)
+    result = {
+        "benchmark": name,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "commit": commit(),
+        "machine": machine(threads),
+        "command": "python " + " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]),
+        "versions": versions(),
+        "records": records,
+    }
+    if extra:
+        result.update(extra)
+    path = DOCS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(path)
+    return path

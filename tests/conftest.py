@@ -1,0 +1,74 @@
+# ---------------------------------------------------------------------------
+# Fixtures for the data / config / training / model-file / CLI tests (prefix io_).
+# ---------------------------------------------------------------------------
+import copy as _io_copy
+from pathlib import Path as _IoPath
+
+import pytest as _io_pytest
+
+IO_SHARED_DATA = _IoPath(__file__).resolve().parents[2] / "shared" / "data"
+IO_DEMO_DATA = _IoPath(__file__).resolve().parents[1] / "equipot" / "demo_data"
+
+# A model small enough to train for a few epochs in about a second on one core.
+IO_TINY_MODEL = {
+    "r_max": 4.0, "num_layers": 1, "channels": 4, "lmax": 1, "correlation": 2,
+    "num_basis": 4, "radial_hidden": [8], "readout_hidden": 4,
+}
+
+
+@_io_pytest.fixture(scope="session")
+def io_demo_frames():
+    """The first 12 acetylacetone structures of the shipped demo data (ase.Atoms)."""
+    import ase.io
+
+    return ase.io.read(str(IO_DEMO_DATA / "acac_train.xyz"), index=":12")
+
+
+@_io_pytest.fixture(scope="session")
+def io_small_xyz(tmp_path_factory, io_demo_frames):
+    """extxyz file with 12 labelled acac structures (energy, forces)."""
+    import ase.io
+
+    path = tmp_path_factory.mktemp("io_data") / "acac12.xyz"
+    ase.io.write(str(path), io_demo_frames, format="extxyz")
+    return path
+
+
+@_io_pytest.fixture
+def io_config_dict(io_small_xyz, tmp_path):
+    """Factory: a config dict for a tiny training run writing into tmp_path/<name>."""
+
+    def make(name="run", **training):
+        values = {
+            "output_dir": str(tmp_path / name),
+            "seed": 3,
+            "data": {"train": str(io_small_xyz), "valid_fraction": 0.25,
+                     "keys": {"energy": "energy", "forces": "forces"}},
+            "model": _io_copy.deepcopy(IO_TINY_MODEL),
+            "training": {"batch_size": 4, "valid_batch_size": 10, "max_epochs": 2, "lr": 0.01,
+                         "scheduler": "plateau", "ema_decay": 0.99, "threads": 1},
+        }
+        values["training"].update(training)
+        return values
+
+    return make
+
+
+@_io_pytest.fixture(scope="session")
+def io_tiny_model(tmp_path_factory, io_small_xyz):
+    """An untrained float64 model file for H, C, O (statistics from the acac structures)."""
+    import torch
+
+    from equipot.config import ModelConfig
+    from equipot.data import compute_statistics, fit_e0, read_configurations, species_of
+    from equipot.model import build_model, save_model
+
+    torch.manual_seed(0)
+    configs = read_configurations(str(io_small_xyz))
+    species = species_of(configs)
+    config = ModelConfig(**IO_TINY_MODEL)
+    stats = compute_statistics(configs, config.r_max, fit_e0(configs, species), species)
+    model = build_model(config, stats).to(torch.float64)
+    path = tmp_path_factory.mktemp("io_model") / "model.safetensors"
+    save_model(str(path), model, config, stats)
+    return path

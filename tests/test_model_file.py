@@ -1,0 +1,247 @@
+"""Model files (safetensors, never unpickled), inference errors, evaluation and MD."""
+
+import json
+import os
+import pickle
+
+import ase.io
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from equipot.calculator import EquipotCalculator
+from equipot.data import make_batch, read_configurations
+from equipot.evaluate import evaluate_file, format_table, write_json
+from equipot.md import run_md
+from equipot.model import ModelFileError, UnknownElementError, load_model, save_model
+from equipot.model.model_file import FORMAT_VERSION
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def metadata_of(path):
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata())
+
+
+def rewrite(path, target, tensors=None, **changes):
+    """Copy model file ``path`` to ``target`` with changed metadata or tensors."""
+    metadata = metadata_of(path)
+    metadata.update(changes)
+    save_file(tensors if tensors is not None else load_file(str(path)), str(target), metadata=metadata)
+    return str(target)
+
+
+# ----------------------------------------------------------------------------- round trip
+
+
+def test_round_trip(io_tiny_model, io_small_xyz, tmp_path):
+    model = load_model(str(io_tiny_model))
+    assert next(model.parameters()).dtype == torch.float64  # saved dtype is kept
+    assert not model.training
+    configs = read_configurations(str(io_small_xyz))[:3]
+    batch = make_batch(configs, model.model_config.r_max, dtype=torch.float64)
+    before = model(batch)
+    # perturb, save, load: the loaded model is the perturbed one
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    path = tmp_path / "copy.safetensors"
+    save_model(str(path), model, model.model_config, model.statistics)
+    again = load_model(str(path))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), key
+    after, reloaded = model(batch), again(batch)
+    for name in ("energy", "forces"):
+        assert torch.equal(after[name], reloaded[name])
+    assert not torch.allclose(before["forces"], after["forces"], rtol=0, atol=1e-6)
+    assert again.model_config == model.model_config
+    assert again.statistics == model.statistics
+    assert metadata_of(path)["format_version"] == str(FORMAT_VERSION)
+    as32 = load_model(str(path), dtype=torch.float32)
+    assert next(as32.parameters()).dtype == torch.float32
+    assert torch.allclose(as32(batch.to(dtype=torch.float32))["energy"].double(), after["energy"], rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- damaged files
+
+
+def test_truncated_empty_and_garbage_model_files(io_tiny_model, tmp_path):
+    data = io_tiny_model.read_bytes()
+    for name, content in [("half", data[: len(data) // 2]), ("head", data[:100]), ("tail", data[:-1]),
+                          ("empty", b""), ("text", b"hello, I am not a model\n" * 10)]:
+        path = tmp_path / f"{name}.safetensors"
+        path.write_bytes(content)
+        with pytest.raises(ModelFileError) as err:
+            load_model(str(path))
+        assert str(path) in str(err.value), name
+    with pytest.raises(ModelFileError, match="model file not found"):
+        load_model(str(tmp_path / "missing.safetensors"))
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_pickle_renamed_to_safetensors_is_rejected_not_executed(tmp_path):
+    marker = tmp_path / "executed"
+    plain = tmp_path / "plain.safetensors"
+    plain.write_bytes(pickle.dumps({"weights": _Payload(str(marker))}))
+    zipped = tmp_path / "torch.safetensors"
+    torch.save({"weights": _Payload(str(marker))}, str(zipped))
+    # sanity check of the payload: unpickling it would create the marker
+    probe = tmp_path / "probe"
+    pickle.loads(pickle.dumps(_Payload(str(probe))))
+    assert probe.exists()
+    for path in (plain, zipped):
+        with pytest.raises(ModelFileError, match="not a readable equipot model file"):
+            load_model(str(path))
+    assert not marker.exists()
+
+
+def test_other_format_version_and_foreign_files(io_tiny_model, tmp_path):
+    newer = rewrite(io_tiny_model, tmp_path / "v2.safetensors", format_version=str(FORMAT_VERSION + 1))
+    with pytest.raises(ModelFileError) as err:
+        load_model(newer)
+    assert f"format version {FORMAT_VERSION + 1}" in str(err.value)
+    assert f"reads version {FORMAT_VERSION}" in str(err.value)
+    odd = rewrite(io_tiny_model, tmp_path / "vx.safetensors", format_version="one")
+    with pytest.raises(ModelFileError, match="format version"):
+        load_model(odd)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(3)}, str(foreign), metadata={"format": "pt"})
+    with pytest.raises(ModelFileError, match="not an equipot model file"):
+        load_model(str(foreign))
+    bare = tmp_path / "bare.safetensors"
+    save_file({"w": torch.zeros(3)}, str(bare))
+    with pytest.raises(ModelFileError, match="not an equipot model file"):
+        load_model(str(bare))
+
+
+def test_damaged_metadata_and_mismatched_weights(io_tiny_model, tmp_path):
+    with pytest.raises(ModelFileError, match="damaged metadata"):
+        load_model(rewrite(io_tiny_model, tmp_path / "json.safetensors", model_config="{not json"))
+    config = json.loads(metadata_of(io_tiny_model)["model_config"])
+    with pytest.raises(ModelFileError, match="damaged metadata"):
+        load_model(rewrite(io_tiny_model, tmp_path / "key.safetensors",
+                           model_config=json.dumps({**config, "chanels": 4})))
+    # weights of another shape than the configuration says
+    with pytest.raises(ModelFileError, match="weights do not match"):
+        load_model(rewrite(io_tiny_model, tmp_path / "shape.safetensors",
+                           model_config=json.dumps({**config, "channels": config["channels"] + 4})))
+    tensors = load_file(str(io_tiny_model))
+    tensors.pop(sorted(tensors)[0])
+    with pytest.raises(ModelFileError, match="missing"):
+        load_model(rewrite(io_tiny_model, tmp_path / "fewer.safetensors", tensors=tensors))
+    with pytest.raises(ModelFileError, match="dtype"):
+        load_model(rewrite(io_tiny_model, tmp_path / "dtype.safetensors", dtype="Linear"))
+    stats = json.loads(metadata_of(io_tiny_model)["statistics"])
+    del stats["e0"]["8"]
+    with pytest.raises(ModelFileError, match="damaged metadata"):
+        load_model(rewrite(io_tiny_model, tmp_path / "stats.safetensors", statistics=json.dumps(stats)))
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+def test_unknown_element_is_named(io_tiny_model, tmp_path):
+    atoms = Atoms("NH3", positions=[[0, 0, 0], [1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    atoms.calc = EquipotCalculator(str(io_tiny_model))
+    with pytest.raises(UnknownElementError) as err:
+        atoms.get_potential_energy()
+    assert "element(s) N;" in str(err.value)
+    assert "H, C, O" in str(err.value)
+    path = tmp_path / "nh3.xyz"
+    ase.io.write(str(path), [atoms])
+    with pytest.raises(UnknownElementError, match="N"):
+        evaluate_file(load_model(str(io_tiny_model)), str(path), progress=False)
+
+
+def labelled_by_model(model_path, source_frames, path):
+    """Structures labelled with the model's own predictions, read back as written."""
+    ase.io.write(str(path), [Atoms(a.numbers, a.positions, cell=a.cell, pbc=a.pbc) for a in source_frames])
+    frames = ase.io.read(str(path), ":")
+    calc = EquipotCalculator(str(model_path), dtype="float64")
+    out = []
+    for atoms in frames:
+        atoms.calc = calc
+        results = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
+        if atoms.pbc.any():
+            results["stress"] = atoms.get_stress()
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        out.append(atoms)
+    ase.io.write(str(path), out)
+    return out
+
+
+def test_evaluate_self_labelled_data(io_tiny_model, io_demo_frames, tmp_path):
+    crystal = Atoms("COH", scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5], [0.25, 0.7, 0.1]],
+                    cell=[[3.6, 0, 0], [0.8, 3.4, 0], [0.3, 0.5, 3.8]], pbc=True)
+    frames = labelled_by_model(io_tiny_model, list(io_demo_frames[:3]) + [crystal], tmp_path / "self.xyz")
+    assert abs(frames[3].get_stress()).max() > 0  # the crystal carries a stress label
+    model = load_model(str(io_tiny_model))
+    out = tmp_path / "eval"
+    summary = evaluate_file(model, str(tmp_path / "self.xyz"), out_dir=str(out), batch_size=3, progress=False)
+    assert summary["n_structures"] == 4 and summary["n_atoms"] == 3 * 15 + 3
+    for name in ("energy", "energy_per_atom", "forces", "stress"):
+        assert summary[f"{name}_rmse"] < 1e-3, name  # meV units: only file rounding remains
+    text = format_table(summary)
+    assert "forces" in text and "4 structures, 48 atoms" in text
+    write_json(str(out / "metrics.json"), summary)
+    assert json.loads((out / "metrics.json").read_text()) == summary
+    assert (out / "self_parity.png").read_bytes()[:8] == PNG
+    assert matplotlib.image.imread(str(out / "self_parity.png")).ndim == 3
+    predictions = ase.io.read(str(out / "self_predictions.xyz"), ":")
+    assert len(predictions) == 4
+    for ref, pred in zip(frames, predictions):
+        assert pred.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-5)
+        np.testing.assert_allclose(pred.get_forces(), ref.get_forces(), atol=1e-5)
+        assert pred.info["REF_energy"] == pytest.approx(ref.get_potential_energy(), abs=1e-6)
+        np.testing.assert_allclose(pred.arrays["REF_forces"], ref.get_forces(), atol=1e-6)
+        energies = pred.get_potential_energies()  # ASE reads the "energies" column into the calculator
+        assert energies.shape == (len(ref),)
+        assert energies.sum() == pytest.approx(pred.get_potential_energy(), abs=1e-5)
+    np.testing.assert_allclose(predictions[3].get_stress(), frames[3].get_stress(), atol=1e-6)
+    # a model that is not the labelling model shows an error
+    other = load_model(str(io_tiny_model))
+    with torch.no_grad():
+        next(other.parameters()).add_(0.5)
+    assert evaluate_file(other, str(tmp_path / "self.xyz"), progress=False)["forces_rmse"] > 1.0
+
+
+# ----------------------------------------------------------------------------- molecular dynamics
+
+
+def test_md_nve_and_nvt(io_tiny_model, io_small_xyz, tmp_path):
+    nve = run_md(str(io_tiny_model), str(io_small_xyz), str(tmp_path / "nve"), ensemble="nve", steps=20,
+                 interval=10, timestep_fs=0.25, dtype="float64", progress=False)
+    assert nve.steps == 20
+    frames = ase.io.read(nve.trajectory, ":")
+    assert len(frames) == 3 and len(frames[0]) == 15
+    assert not np.allclose(frames[0].positions, frames[-1].positions)
+    lines = open(nve.log).read().splitlines()
+    assert lines[0].startswith("# NVE") and len(lines) == 4
+    table = np.loadtxt(nve.log)
+    assert table.shape == (3, 5) and np.all(np.isfinite(table))
+    np.testing.assert_allclose(table[:, 0], [0.0, 0.0025, 0.005], atol=1e-9)  # ps
+    assert nve.energy_drift_meV_per_atom is not None and np.isfinite(nve.energy_drift_meV_per_atom)
+    assert nve.energy_drift_meV_per_atom <= nve.max_energy_deviation_meV_per_atom
+    assert nve.energy_drift_meV_per_atom == pytest.approx(1000 * abs(table[-1, 3] - table[0, 3]) / 15, abs=1e-3)
+    assert nve.max_energy_deviation_meV_per_atom < 0.05  # forces = -dE/dr conserve energy (~1e-6 here)
+
+    nvt = run_md(str(io_tiny_model), str(io_small_xyz), str(tmp_path / "nvt"), ensemble="nvt", steps=20,
+                 interval=10, dtype="float64", progress=False)
+    assert nvt.energy_drift_meV_per_atom is None
+    assert len(ase.io.read(nvt.trajectory, ":")) == 3
+    assert np.all(np.isfinite(np.loadtxt(nvt.log)))
+    with pytest.raises(ValueError, match="ensemble"):
+        run_md(str(io_tiny_model), str(io_small_xyz), str(tmp_path / "npt"), ensemble="npt", steps=1)

@@ -1,0 +1,283 @@
+"""Training runs: outputs, exact resume, stopping rules, splits, statistics and loss checks."""
+
+import csv
+import json
+import os
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+
+from equipot.config import ConfigError, config_from_dict, load_config
+from equipot.data import CloseAtomsError, DataError, compute_statistics, fit_e0, make_batch, species_of
+from equipot.data import read_configurations
+from equipot.model import load_model
+from equipot.train import CHECKPOINT, MODEL, CheckpointError, Trainer, load_checkpoint
+from equipot.train import loop as loop_module
+from equipot.train.loss import squared_error_terms
+from equipot.train.setup import read_splits
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def train(values, resume=False):
+    config = config_from_dict(values, "test.yaml")
+    return config, Trainer(config, progress=False).run(resume=resume)
+
+
+def history_without_time(history):
+    return [{k: v for k, v in row.items() if k != "wall_s"} for row in history]
+
+
+def assert_same_state(a, b):
+    """Two checkpoints hold bit-identical weights, EMA, optimiser state and history."""
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key in a["ema"]["shadow"]:
+        assert torch.equal(a["ema"]["shadow"][key], b["ema"]["shadow"][key]), key
+    for k, state in a["optimizer"]["state"].items():
+        for name, value in state.items():
+            other = b["optimizer"]["state"][k][name]
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(other)), (k, name)
+    assert torch.equal(a["train_loader"]["generator"], b["train_loader"]["generator"])
+    assert history_without_time(json.loads(a["history"])) == history_without_time(json.loads(b["history"]))
+    assert (a["epoch"], a["best_loss"], a["bad_epochs"]) == (b["epoch"], b["best_loss"], b["bad_epochs"])
+
+
+@pytest.fixture
+def io_straight_run(io_config_dict):
+    values = io_config_dict("straight")
+    config, result = train(values)
+    return values, config, result
+
+
+def test_run_writes_model_checkpoint_metrics_and_plot(io_straight_run):
+    values, config, result = io_straight_run
+    out = config.output_dir
+    assert result["stop_reason"] == "max_epochs" and result["epochs"] == 2
+    assert np.isfinite(result["best_valid_loss"])
+    for name in (MODEL, CHECKPOINT, "metrics.csv", "learning_curve.png", "config.yaml"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    model = load_model(os.path.join(out, MODEL))
+    assert model.species == [1, 6, 8]
+    assert model.model_config.channels == values["model"]["channels"]
+    state = load_checkpoint(os.path.join(out, CHECKPOINT))
+    assert state["epoch"] == 2
+    with open(os.path.join(out, "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for column in ("train_loss", "valid_loss", "lr", "valid_energy_per_atom_rmse", "valid_forces_rmse"):
+        assert all(np.isfinite(float(r[column])) for r in rows), column
+    assert float(rows[-1]["valid_loss"]) == pytest.approx(json.loads(state["history"])[-1]["valid_loss"])
+    with open(os.path.join(out, "learning_curve.png"), "rb") as f:
+        assert f.read(8) == PNG
+    assert load_config(os.path.join(out, "config.yaml")).to_dict() == config.to_dict()
+    # no temporary files left behind by the atomic writes
+    assert not [n for n in os.listdir(out) if ".tmp" in n]
+
+
+def test_resume_gives_the_same_model_as_an_uninterrupted_run(io_straight_run, io_config_dict):
+    _, straight, _ = io_straight_run
+    first = io_config_dict("interrupted", max_epochs=1)
+    _, result = train(first)
+    assert result["epochs"] == 1
+    second = io_config_dict("interrupted", max_epochs=2)
+    config, result = train(second, resume=True)
+    assert result == {"stop_reason": "max_epochs", "epochs": 2,
+                      "best_valid_loss": load_checkpoint(os.path.join(straight.output_dir, CHECKPOINT))["best_loss"]}
+    a = load_checkpoint(os.path.join(straight.output_dir, CHECKPOINT))
+    b = load_checkpoint(os.path.join(config.output_dir, CHECKPOINT))
+    assert_same_state(a, b)
+    ma = load_model(os.path.join(straight.output_dir, MODEL)).state_dict()
+    mb = load_model(os.path.join(config.output_dir, MODEL)).state_dict()
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    # the model actually trained: the weights moved away from the initial ones
+    initial = Trainer(config_from_dict(io_config_dict("fresh"), "x"), progress=False)
+    initial._setup(resume=False)
+    assert any(not torch.equal(v, a["model"][k]) for k, v in initial.model.state_dict().items())
+
+
+def test_resume_after_wall_clock_stop_with_cosine_schedule(io_config_dict):
+    straight_values = io_config_dict("cos_straight", scheduler="cosine", max_epochs=3)
+    straight, result = train(straight_values)
+    assert result["epochs"] == 3
+    # the same configuration, killed by a (tiny) wall-clock limit after its first epoch
+    config, result = train(io_config_dict("cos_cut", scheduler="cosine", max_epochs=3, max_minutes=1e-9))
+    assert result["stop_reason"] == "wall_clock" and result["epochs"] == 1
+    config, result = train(io_config_dict("cos_cut", scheduler="cosine", max_epochs=3), resume=True)
+    assert result["epochs"] == 3
+    a = load_checkpoint(os.path.join(straight.output_dir, CHECKPOINT))
+    b = load_checkpoint(os.path.join(config.output_dir, CHECKPOINT))
+    assert_same_state(a, b)
+    lrs = [row["lr"] for row in json.loads(b["history"])]
+    assert lrs[0] > lrs[1] > lrs[2]  # the cosine schedule continued, not restarted
+
+
+def test_early_stopping(io_config_dict, monkeypatch):
+    losses = iter([3.0, 2.0, 2.5, 2.6, 1.0, 1.0, 1.0, 1.0])
+    monkeypatch.setattr(Trainer, "_validate", lambda self: {"valid_loss": next(losses)})
+    saved_at = []
+    real_save = loop_module.save_model
+
+    def counting_save(path, model, *args):
+        saved_at.append(len(trainer.history))  # epochs finished before this one
+        real_save(path, model, *args)
+
+    monkeypatch.setattr(loop_module, "save_model", counting_save)
+    config = config_from_dict(io_config_dict("early", patience=2, max_epochs=8, scheduler="none"), "x")
+    trainer = Trainer(config, progress=False)
+    result = trainer.run()
+    assert result["stop_reason"] == "early_stopping"
+    assert result["epochs"] == 4  # best at epoch 2, then two epochs without improvement
+    assert result["best_valid_loss"] == 2.0
+    assert saved_at == [0, 1]  # the model file holds the best epoch, not the last
+    state = load_checkpoint(os.path.join(config.output_dir, CHECKPOINT))
+    assert state["bad_epochs"] == 2 and state["epoch"] == 4
+
+
+def test_wall_clock_limit(io_config_dict):
+    config, result = train(io_config_dict("clock", max_epochs=50, max_minutes=1e-9))
+    assert result["stop_reason"] == "wall_clock"
+    assert result["epochs"] == 1
+    assert os.path.isfile(os.path.join(config.output_dir, CHECKPOINT))
+
+
+def test_seeded_validation_split(io_config_dict, io_small_xyz):
+    def split(seed, fraction=0.25):
+        values = io_config_dict("split")
+        values["seed"] = seed
+        values["data"]["valid_fraction"] = fraction
+        return read_splits(config_from_dict(values, "x"))
+
+    def energies(configs):
+        return [float(c.targets["energy"]) for c in configs]
+
+    a, b, c = split(7), split(7), split(8)
+    assert energies(a.valid) == energies(b.valid) and energies(a.train) == energies(b.train)
+    assert energies(a.valid) != energies(c.valid)
+    everything = sorted(energies(read_configurations(str(io_small_xyz))))
+    assert len(a.valid) == 3 and len(a.train) == 9
+    assert sorted(energies(a.train) + energies(a.valid)) == everything
+    with pytest.raises(DataError, match="too few"):
+        values = io_config_dict("split")
+        values["data"]["train"] = str(io_small_xyz)
+        values["data"]["valid_fraction"] = 0.99
+        read_splits(config_from_dict(values, "x"))
+
+
+def test_statistics_use_the_training_split_only(io_config_dict, tmp_path):
+    from equipot.demo import demo_data_dir
+
+    held_out = ase.io.read(os.path.join(demo_data_dir(), "acac_test.xyz"), ":6")
+
+    def setup_with_valid(frames, name):
+        path = tmp_path / name
+        ase.io.write(str(path), frames)
+        values = io_config_dict("stats")
+        values["data"]["valid"] = str(path)
+        trainer = Trainer(config_from_dict(values, "x"), progress=False)
+        trainer._setup(resume=False)
+        return trainer.splits, trainer.stats.to_dict()
+
+    splits_a, stats_a = setup_with_valid(held_out[:2], "valid_a.xyz")
+    splits_b, stats_b = setup_with_valid(held_out[2:6], "valid_b.xyz")
+    assert len(splits_a.valid) == 2 and len(splits_b.valid) == 4
+    assert stats_a == stats_b
+    # they are the statistics of the training split...
+    train = splits_a.train
+    species = species_of(train)
+    expected = compute_statistics(train, 4.0, fit_e0(train, species), species).to_dict()
+    assert stats_a["energy_scale"] == pytest.approx(expected["energy_scale"], rel=1e-12)
+    assert stats_a["avg_num_neighbors"] == pytest.approx(expected["avg_num_neighbors"], rel=1e-12)
+    # ...which differ from those of training + validation data
+    both = train + splits_b.valid
+    pooled = compute_statistics(both, 4.0, fit_e0(both, species), species).to_dict()
+    assert stats_a["energy_scale"] != pytest.approx(pooled["energy_scale"], rel=1e-9)
+
+
+def test_misspelt_forces_key_stops_training(io_config_dict, io_small_xyz):
+    values = io_config_dict("misspelt")
+    values["data"]["keys"] = {"energy": "energy", "forces": "force"}
+    with pytest.raises(DataError) as err:
+        train(values)
+    message = str(err.value)
+    assert str(io_small_xyz) in message and "frame 0" in message and "did you mean 'forces'" in message
+    assert not os.path.exists(os.path.join(values["output_dir"], CHECKPOINT))
+
+
+def test_loss_term_without_labels_is_refused(io_config_dict, io_small_xyz, tmp_path):
+    # a positive weight on forces but no entry for forces in the key map
+    values = io_config_dict("nokey")
+    values["data"]["keys"] = {"energy": "energy"}
+    with pytest.raises(ConfigError, match="training.loss.forces"):
+        train(values)
+    # stress weight on data that carry no stress at all
+    values = io_config_dict("nostress")
+    values["data"]["keys"] = {"energy": "energy", "forces": "forces", "stress": "stress"}
+    values["training"]["loss"] = {"energy": 1.0, "forces": 10.0, "stress": 1.0}
+    with pytest.raises(DataError, match="'stress' for stress not found") as err:
+        train(values)
+    assert "frame 0" in str(err.value)
+    # ...while a zero weight needs no labels
+    values = io_config_dict("energy_only", max_epochs=1)
+    values["data"]["keys"] = {"energy": "energy"}
+    values["training"]["loss"] = {"energy": 1.0, "forces": 0.0}
+    assert train(values)[1]["epochs"] == 1
+    # the loss itself refuses a batch without the labels a weighted term needs
+    configs = read_configurations(str(io_small_xyz), keys={"energy": "energy"})[:2]
+    graph = make_batch(configs, 4.0)
+    pred = {"energy": graph.targets["energy"], "forces": torch.zeros(graph.n_atoms, 3)}
+    weights = config_from_dict({}).training.loss
+    with pytest.raises(ValueError, match="loss term 'forces' has weight 100"):
+        squared_error_terms(pred, graph, weights)
+
+
+def test_close_atoms_in_training_data_name_the_frame(io_config_dict, io_small_xyz, tmp_path):
+    frames = ase.io.read(str(io_small_xyz), ":8")
+    frames[5].positions[2] = frames[5].positions[0] + [0.0, 0.03, 0.0]
+    path = tmp_path / "close.xyz"
+    ase.io.write(str(path), frames)
+    values = io_config_dict("close")
+    values["data"]["train"] = str(path)
+    with pytest.raises(CloseAtomsError) as err:
+        train(values)
+    assert f"{path}, frame 5" in str(err.value)
+
+
+def test_resume_from_bad_checkpoints(io_config_dict, io_straight_run):
+    _, straight, _ = io_straight_run
+    good = open(os.path.join(straight.output_dir, CHECKPOINT), "rb").read()
+    values = io_config_dict("bad_ckpt", max_epochs=3)
+    out = values["output_dir"]
+    with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
+        train(values, resume=True)
+    os.makedirs(out)
+    path = os.path.join(out, CHECKPOINT)
+    for damaged in (good[: len(good) // 2], good[:100], b"", b"not a checkpoint at all"):
+        with open(path, "wb") as f:
+            f.write(damaged)
+        with pytest.raises(CheckpointError, match="corrupt or truncated") as err:
+            train(values, resume=True)
+        assert path in str(err.value)
+    torch.save({"format": "something-else"}, path)
+    with pytest.raises(CheckpointError, match="not an equipot training checkpoint"):
+        train(values, resume=True)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_checkpoint_loading_executes_nothing(tmp_path):
+    marker = str(tmp_path / "executed")
+    path = tmp_path / CHECKPOINT
+    torch.save({"format": "equipot-checkpoint", "payload": _Payload(marker)}, str(path))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(str(path))
+    assert not os.path.exists(marker)
