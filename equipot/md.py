@@ -7,8 +7,10 @@ from typing import Optional
 import ase.io
 import numpy as np
 from ase import units
+from ase.constraints import FixCom
+from ase.md import velocitydistribution
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+from ase.md.velocitydistribution import Stationary, ZeroRotation
 from ase.md.verlet import VelocityVerlet
 from tqdm import tqdm
 
@@ -43,15 +45,18 @@ def run_md(
     atoms = ase.io.read(structure_path, index=0)
     atoms.calc = EquipotCalculator(model_path, dtype=dtype)
     rng = np.random.default_rng(seed)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+    # thermalize_momenta is ASE >= 3.29's name for MaxwellBoltzmannDistribution
+    thermalize = getattr(velocitydistribution, "thermalize_momenta", None) or velocitydistribution.MaxwellBoltzmannDistribution
+    thermalize(atoms, temperature_K=temperature_K, rng=rng)
     Stationary(atoms)
     if not atoms.pbc.any():
         ZeroRotation(atoms)
     if ensemble == "nve":
         dyn = VelocityVerlet(atoms, timestep=timestep_fs * units.fs)
     else:
+        atoms.set_constraint(FixCom())  # keeps the centre of mass still without biasing the ensemble
         dyn = Langevin(atoms, timestep=timestep_fs * units.fs, temperature_K=temperature_K,
-                       friction=friction_per_fs / units.fs, rng=rng)
+                       friction=friction_per_fs / units.fs, fixcm=False, rng=rng)
     os.makedirs(out_dir, exist_ok=True)
     traj_path = os.path.join(out_dir, "md.xyz")
     log_path = os.path.join(out_dir, "md.log")
