@@ -35,7 +35,7 @@ class EquipotCalculator(Calculator):
             model = model.to(dtype=torch_dtype)
         self.model = model.to(device).eval()
         self.device = device
-        self.dtype = next(self.model.parameters()).dtype
+        self.dtype = self.model.dtype
         self.r_max = model.model_config.r_max
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):

@@ -24,8 +24,8 @@ def predict(
     """Predictions per configuration (numpy, eV / Å units), in input order."""
     from tqdm import tqdm
 
-    dtype = next(model.parameters()).dtype
-    device = next(model.parameters()).device
+    dtype = model.dtype
+    device = model.device
     r_max = model.model_config.r_max
     loader = GraphLoader(configs, r_max, batch_size)
     results = []

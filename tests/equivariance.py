@@ -269,7 +269,7 @@ def potential_outputs(potential, config, cutoff: float) -> Dict[str, torch.Tenso
     """The potential's outputs for one configuration (neighbour list built from scratch)."""
     from equipot.data import to_graph
 
-    dtype = next(potential.parameters()).dtype
+    dtype = potential.dtype
     out = potential(to_graph(config, cutoff).to(dtype=dtype))
     return {k: v.detach() for k, v in out.items()}
 

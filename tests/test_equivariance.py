@@ -69,7 +69,7 @@ def potential(request, float64) -> Potential:
     lmax, parity, correlation = request.param
     torch.manual_seed(100 * lmax + 10 * correlation + (parity == "both"))
     model = build_model(make_config(lmax, parity, correlation), make_stats())
-    assert next(model.parameters()).dtype == torch.float64
+    assert model.dtype == torch.float64
     model.combo = request.param
     return model
 

@@ -72,16 +72,22 @@ class EnergyModel(nn.Module):
             )
             self.readouts.append(MLPReadout(irreps_out, readout_hidden) if last else LinearReadout(irreps_out))
             irreps_in = irreps_out
-        # The shift is large (E0 ~ -10^3 eV) and is kept, and added, in float64 whatever the
-        # network's dtype, so that float32 training does not lose meV to rounding.
-        self.register_buffer("atomic_shift", atomic_shift.clone().to(torch.float64))
+        # Per-species energy shift (E0 + mean residual per atom, eV). It is trained, so that a
+        # constant energy offset is learnt in a few steps instead of through the readouts, and
+        # it is kept, and added, in float64 whatever the network's dtype: the shift is large
+        # (E0 ~ -10^3 eV) and float32 training must not lose meV to rounding.
+        self.atomic_shift = nn.Parameter(atomic_shift.clone().to(torch.float64))
         self.register_buffer("atomic_scale", atomic_scale.clone())
 
     def _apply(self, fn, recurse=True):
-        shift = self._buffers.pop("atomic_shift")
-        super()._apply(fn, recurse)
-        device = self.atomic_scale.device
-        self._buffers["atomic_shift"] = shift.to(device=device, dtype=torch.float64)
+        shift = self._parameters.pop("atomic_shift")
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            device = self.atomic_scale.device
+            if shift.device != device:
+                shift.data = shift.data.to(device)
+            self._parameters["atomic_shift"] = shift
         return self
 
     def forward(

@@ -49,7 +49,7 @@ def save_model(path: str, model: Potential, config: ModelConfig, stats: Statisti
         "format_version": str(FORMAT_VERSION),
         "model_config": json.dumps(dataclasses.asdict(config)),
         "statistics": json.dumps(stats.to_dict()),
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "dtype": str(model.dtype).replace("torch.", ""),
     }
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 

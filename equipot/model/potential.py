@@ -30,6 +30,15 @@ class Potential(nn.Module):
         z_to_index[torch.tensor(self.species)] = torch.arange(len(self.species))
         self.register_buffer("z_to_index", z_to_index, persistent=False)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The network's floating-point dtype (the energy shift is always float64)."""
+        return self.energy_model.atomic_scale.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.energy_model.atomic_scale.device
+
     def species_index(self, numbers: torch.Tensor) -> torch.Tensor:
         index = self.z_to_index[numbers.clamp(0, 118)]
         if (index < 0).any() or (numbers > 118).any():
