@@ -37,7 +37,7 @@ class ModelConfig:
     num_layers: int = 2
     channels: int = 32
     lmax: int = 2
-    parity: str = "both"  # "both" or "natural"
+    parity: str = "natural"  # "natural" (0e, 1o, 2e, ...) or "both" (0e, 0o, 1o, 1e, ...)
     correlation: int = 3  # body order per layer from A, A⊗A, A⊗A⊗A
     num_basis: int = 8
     radial_hidden: List[int] = field(default_factory=lambda: [64, 64])
