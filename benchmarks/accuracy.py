@@ -8,6 +8,7 @@ The validation split (seeded) is carved from the training file; test files are o
 """
 
 import argparse
+import shutil
 import time
 
 import torch
@@ -121,7 +122,10 @@ def main() -> None:
               "dtype": args.dtype, "n_train": spec["n_train"], "epochs": result["epochs"], "n_params": n_params}
     for test in spec["tests"]:
         path = DATA / args.dataset / f"{test}.xyz"
-        s = evaluate_file(model, str(path), out_dir=str(DOCS / f"{args.dataset}-{variant}"), progress=False)
+        s = evaluate_file(model, str(path), out_dir=f"{out_dir}/eval", progress=False)
+        plots = DOCS / f"{args.dataset}-{variant}"  # parity plots go to the docs; predictions stay in the run
+        plots.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f"{out_dir}/eval/{test}_parity.png", plots / f"{test}_parity.png")
         for metric, unit in (("energy_rmse", "meV"), ("energy_mae", "meV"), ("forces_rmse", "meV/A"), ("forces_mae", "meV/A")):
             if metric in s:  # some test files (scans, paths) have energies only
                 records.append({**common, "split": test, "metric": metric, "value": round(s[metric], 3), "unit": unit})
