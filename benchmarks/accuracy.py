@@ -9,6 +9,7 @@ The validation split (seeded) is carved from the training file; test files are o
 
 import argparse
 import shutil
+import sys
 import time
 
 import torch
@@ -143,7 +144,7 @@ def main() -> None:
     md = [f"# {args.dataset}: equipot {variant}, {args.budget_minutes:g} min budget",
           "", f"Machine: {machine(args.threads)['cpu']}, {args.threads} thread(s); {args.dtype}; "
           f"{result['epochs']} epochs in {train_wall / 60:.1f} min; {n_params} parameters; "
-          f"command: `{' '.join(['python benchmarks/accuracy.py', args.dataset, '--budget-minutes', str(args.budget_minutes), '--threads', str(args.threads)])}`",
+          f"command: `python benchmarks/accuracy.py {' '.join(sys.argv[1:])}`",
           "", "| split | E RMSE (meV) | F RMSE (meV/Å) | E MAE (meV) | F MAE (meV/Å) |", "|---|---|---|---|---|"]
     md += [f"| {t} | {a:.2f} | {b:.2f} | {c:.2f} | {d:.2f} |" for t, a, b, c, d in rows]
     (DOCS / f"{args.dataset}-{variant}.md").write_text("\n".join(md) + "\n")

@@ -7,6 +7,7 @@ docs/benchmarks/nve_drift.json/.md and a plot of total energy against time.
 """
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -39,7 +40,7 @@ def main() -> None:
     n_atoms = len(ase.io.read(args.structure, index=0))
     slope = np.polyfit(t_ps, etot, 1)[0] * 1000 / n_atoms  # meV/atom/ps
     records = [
-        {"model": "equipot", "variant": "float64", "dataset": "ethanol", "metric": "energy_drift",
+        {"model": "equipot", "variant": "float64", "dataset": os.path.basename(os.path.dirname(args.structure)), "metric": "energy_drift",
          "value": round(result.energy_drift_meV_per_atom, 5), "unit": "meV/atom", "ps": args.ps,
          "timestep_fs": args.timestep_fs, "max_deviation_meV_per_atom": round(result.max_energy_deviation_meV_per_atom, 5),
          "linear_drift_meV_per_atom_per_ps": round(float(slope), 6), "wall_s": round(wall, 1)},
@@ -61,7 +62,7 @@ def main() -> None:
           f"Command: `python benchmarks/nve_drift.py MODEL --ps {args.ps:g} --timestep-fs {args.timestep_fs:g}`", "",
           "| system | time step | length | |ΔE| end − start (meV/atom) | max |ΔE| (meV/atom) | linear drift (meV/atom/ps) |",
           "|---|---|---|---|---|---|",
-          f"| ethanol ({n_atoms} atoms) | {args.timestep_fs} fs | {args.ps:g} ps | {result.energy_drift_meV_per_atom:.4f} | "
+          f"| {os.path.basename(args.structure)} ({n_atoms} atoms) | {args.timestep_fs} fs | {args.ps:g} ps | {result.energy_drift_meV_per_atom:.4f} | "
           f"{result.max_energy_deviation_meV_per_atom:.4f} | {slope:.5f} |", "", "![NVE](nve_drift.png)"]
     (DOCS / "nve_drift.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

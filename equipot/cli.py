@@ -11,7 +11,7 @@ def _train(args) -> None:
     from .train import Trainer
 
     config = load_config(args.config)
-    result = Trainer(config, progress=not args.quiet).run(resume=args.resume)
+    result = Trainer(config, progress=not args.quiet).run(resume=args.resume, overwrite=args.overwrite)
     print(f"training stopped ({result['stop_reason']}) after {result['epochs']} epochs; "
           f"best model: {config.output_dir}/model.safetensors")
 
@@ -63,6 +63,7 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model from a YAML config")
     t.add_argument("config")
     t.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pt")
+    t.add_argument("--overwrite", action="store_true", help="replace an earlier run in OUTPUT_DIR")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
 

@@ -23,7 +23,6 @@ class DataConfig:
     train: str = ""
     valid: Optional[str] = None  # a file; otherwise valid_fraction of train, seeded
     valid_fraction: float = 0.1
-    test: List[str] = field(default_factory=list)
     keys: Dict[str, str] = field(default_factory=lambda: {"energy": "energy", "forces": "forces", "stress": "stress"})
     energy_unit: str = "eV"
     length_unit: str = "Angstrom"
@@ -139,15 +138,38 @@ def _check_type(value: Any, kind: Any, path: str, source: str) -> Any:
     raise ConfigError(f"{source}: {path} has value {value!r} of the wrong type (expected {kind})")
 
 
-def _validate(config: Config, source: str) -> None:
-    m, t = config.model, config.training
+def validate_model(m: "ModelConfig", source: str) -> None:
+    """Range checks of a model section (also applied to model files when they are loaded)."""
     checks = [
         (m.r_max > 0, "model.r_max must be positive"),
         (1 <= m.num_layers <= 8, "model.num_layers must be between 1 and 8"),
-        (m.channels >= 1, "model.channels must be positive"),
+        (1 <= m.channels <= 1024, "model.channels must be between 1 and 1024"),
         (0 <= m.lmax <= 3, "model.lmax must be between 0 and 3"),
         (m.parity in ("both", "natural"), "model.parity must be 'both' or 'natural'"),
         (1 <= m.correlation <= 3, "model.correlation must be 1, 2 or 3"),
+        (1 <= m.num_basis <= 64, "model.num_basis must be between 1 and 64"),
+        (all(1 <= h <= 4096 for h in m.radial_hidden), "model.radial_hidden sizes must be between 1 and 4096"),
+        (1 <= m.readout_hidden <= 4096, "model.readout_hidden must be between 1 and 4096"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(f"{source}: {message}")
+
+
+def _validate(config: Config, source: str) -> None:
+    from .units import ENERGY_TO_EV, LENGTH_TO_ANGSTROM
+
+    validate_model(config.model, source)
+    t, d, w = config.training, config.data, config.training.loss
+    checks = [
+        (d.energy_unit in ENERGY_TO_EV, f"data.energy_unit {d.energy_unit!r} is not one of {', '.join(ENERGY_TO_EV)}"),
+        (d.length_unit in LENGTH_TO_ANGSTROM, f"data.length_unit {d.length_unit!r} is not one of {', '.join(LENGTH_TO_ANGSTROM)}"),
+        (not ("stress" in d.keys and "virial" in d.keys), "data.keys maps both stress and virial; keep one"),
+        (min(w.energy, w.forces, w.stress) >= 0, "training.loss weights must not be negative"),
+        (max(w.energy, w.forces, w.stress) > 0, "training.loss: at least one weight must be positive"),
+        (t.valid_batch_size >= 1, "training.valid_batch_size must be positive"),
+        (t.ema_decay is None or 0.0 < t.ema_decay < 1.0, "training.ema_decay must be in (0, 1), or null for no EMA"),
+        (t.max_epochs >= 1, "training.max_epochs must be positive"),
         (t.dtype in ("float32", "float64"), "training.dtype must be 'float32' or 'float64'"),
         (t.optimizer in ("adam", "adamw"), "training.optimizer must be 'adam' or 'adamw'"),
         (t.scheduler in ("plateau", "cosine", "none"), "training.scheduler must be plateau, cosine or none"),

@@ -40,7 +40,7 @@ class AtomicGraph:
         return torch.bincount(self.node_graph, minlength=self.n_graphs)
 
     def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "AtomicGraph":
-        """Move to ``device``; floating tensors are cast to ``dtype`` if given."""
+        """Move to ``device``; floating inputs (not the labels) are cast to ``dtype`` if given."""
 
         def move(t: torch.Tensor) -> torch.Tensor:
             if dtype is not None and t.is_floating_point():
@@ -57,7 +57,8 @@ class AtomicGraph:
             edge_src=move(self.edge_src),
             edge_dst=move(self.edge_dst),
             edge_shift=move(self.edge_shift),
-            targets={k: move(v) for k, v in self.targets.items()},
+            # labels keep their float64: energies of 10^3-10^5 eV must not be rounded to float32
+            targets={k: v.to(device=device) for k, v in self.targets.items()},
         )
 
 

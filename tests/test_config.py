@@ -62,7 +62,7 @@ def test_unknown_key_without_close_match_lists_known_keys(tmp_path):
         ("training:\n  max_epochs: true\n", "training.max_epochs"),  # bool is not an int
         ("model:\n  channels: [4]\n", "model.channels"),
         ("model:\n  radial_hidden: [8, x]\n", "model.radial_hidden[1]"),
-        ("data:\n  test: one.xyz\n", "data.test"),
+        ("data:\n  valid: [one.xyz]\n", "data.valid"),
         ("data:\n  keys: {energy: 5}\n", "data.keys.energy"),
         ("training:\n  lr: fast\n", "training.lr"),
         ("seed: 1.5\n", "seed"),

@@ -26,8 +26,10 @@ def neighbor_list(
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     pbc = np.asarray(pbc, dtype=bool)
     box = np.asarray(cell, dtype=np.float64) if pbc.any() else np.zeros((3, 3))
-    if pbc.any() and abs(np.linalg.det(box[pbc][:, pbc] if not pbc.all() else box)) < 1e-12:
-        raise ValueError("periodic structure with a degenerate cell")
+    if pbc.any():
+        periodic_rows = box[pbc]  # the lattice vectors of the periodic directions must be independent
+        if np.linalg.det(periodic_rows @ periodic_rows.T) < 1e-12:
+            raise ValueError("periodic structure without a cell, or with a degenerate cell")
     calc = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
     i, j, shifts, d = calc.compute(positions, box, [bool(p) for p in pbc], quantities="ijSd")
     if len(d) and d.min() < MIN_DISTANCE:

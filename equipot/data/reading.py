@@ -82,6 +82,11 @@ def atoms_to_configuration(
     cell = np.array(atoms.get_cell()) * l_fac
     if not np.all(np.isfinite(positions)):
         raise DataError(f"{source}: positions contain NaN or inf")
+    pbc = np.array(atoms.get_pbc(), dtype=bool)
+    if pbc.any():
+        rows = cell[pbc]
+        if np.linalg.det(rows @ rows.T) < 1e-12:
+            raise DataError(f"{source}: periodic (pbc={pbc.tolist()}) but the cell is missing or degenerate")
     found = _available(atoms)
     targets = {}
     required = set(required)
@@ -106,7 +111,7 @@ def atoms_to_configuration(
         numbers=atoms.get_atomic_numbers().astype(np.int64),
         positions=positions,
         cell=cell,
-        pbc=np.array(atoms.get_pbc(), dtype=bool),
+        pbc=pbc,
         targets=targets,
         source=source,
     )

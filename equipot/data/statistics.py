@@ -5,10 +5,12 @@ the mean residual energy per atom, the RMS of force components and the average n
 neighbours within the cutoff.
 """
 
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Sequence
 
 import numpy as np
+from ase.data import chemical_symbols
 
 from .configuration import Configuration
 from .neighbors import CloseAtomsError, neighbor_list
@@ -52,7 +54,14 @@ def fit_e0(configs: Sequence[Configuration], species: Sequence[int]) -> Dict[int
     """Least-squares isolated-atom energies: E ≈ Σ_s n_s E0_s (minimum-norm solution)."""
     energies = np.array([c.targets["energy"] for c in configs], dtype=np.float64).reshape(-1)
     counts = count_matrix(configs, species)
-    e0, *_ = np.linalg.lstsq(counts, energies, rcond=None)
+    e0, _, rank, _ = np.linalg.lstsq(counts, energies, rcond=None)
+    if rank < len(species):
+        warnings.warn(
+            "e0s: fit: the training compositions do not determine one E0 per element (too few distinct "
+            "compositions); the minimum-norm fit is used, so isolated atoms get no physical energy. "
+            "Give a file of isolated-atom energies or a mapping for meaningful E0s.",
+            stacklevel=2,
+        )
     return {int(z): float(v) for z, v in zip(species, e0)}
 
 
@@ -74,7 +83,8 @@ def compute_statistics(
     """Statistics of the training split ``configs`` given E0 values for every species."""
     missing = [z for z in species if z not in e0]
     if missing:
-        raise ValueError(f"no isolated-atom energy (E0) for atomic numbers {missing}")
+        names = ", ".join(chemical_symbols[z] for z in missing)
+        raise ValueError(f"data.e0s: no isolated-atom energy (E0) for {names}, which the training data contains")
     residuals, forces = [], []
     for c in configs:
         if "energy" in c.targets:

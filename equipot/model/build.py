@@ -11,8 +11,8 @@ from .potential import Potential
 def build_model(config: ModelConfig, stats: Statistics) -> Potential:
     """A :class:`Potential` for the species in ``stats``, with its shift and scale."""
     species = list(stats.species)
-    shift = torch.tensor([stats.e0[z] + stats.energy_shift for z in species])
-    scale = torch.full((len(species),), float(stats.energy_scale))
+    shift = torch.tensor([stats.e0[z] + stats.energy_shift for z in species], dtype=torch.float64)
+    scale = torch.full((len(species),), float(stats.energy_scale), dtype=torch.float64)
     energy_model = EnergyModel(
         num_species=len(species),
         r_max=config.r_max,
@@ -24,8 +24,10 @@ def build_model(config: ModelConfig, stats: Statistics) -> Potential:
         num_basis=config.num_basis,
         radial_hidden=config.radial_hidden,
         readout_hidden=config.readout_hidden,
-        avg_num_neighbors=stats.avg_num_neighbors,
+        avg_num_neighbors=max(stats.avg_num_neighbors, 1.0),
         atomic_shift=shift,
         atomic_scale=scale,
     )
-    return Potential(energy_model, species)
+    potential = Potential(energy_model, species)
+    potential.model_config, potential.statistics = config, stats
+    return potential

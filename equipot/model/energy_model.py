@@ -87,6 +87,8 @@ class EnergyModel(nn.Module):
             device = self.atomic_scale.device
             if shift.device != device:
                 shift.data = shift.data.to(device)
+                if shift.grad is not None:
+                    shift.grad = shift.grad.to(device)
             self._parameters["atomic_shift"] = shift
         return self
 

@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..config import ModelConfig, _from_dict
+from ..config import ModelConfig, _from_dict, validate_model
 from ..data.statistics import Statistics
 from .build import build_model
 from .potential import Potential
@@ -77,7 +77,10 @@ def read_model_file(path: str) -> Tuple[dict, ModelConfig, Statistics, dict]:
         )
     try:
         config = _from_dict(ModelConfig, json.loads(metadata["model_config"]), "model", path)
+        validate_model(config, path)  # a damaged or hostile file must not build a huge network
         stats = Statistics.from_dict(json.loads(metadata["statistics"]))
+        if not all(1 <= z <= 118 for z in stats.species):
+            raise ValueError(f"atomic numbers out of range: {stats.species}")
     except (KeyError, ValueError, TypeError, AttributeError) as err:  # JSON, config or statistics damage
         raise ModelFileError(f"{path}: damaged metadata ({err})") from None
     return tensors, config, stats, metadata

@@ -40,9 +40,10 @@ def plot_learning_curve(path: str, history: List[dict]) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     axes = axes if len(panels) > 1 else [axes]
     for ax, (a, b, label) in zip(axes, panels):
-        ax.plot(epochs, [row[a] for row in history], label=a.replace("_", " "))
+        nan = float("nan")
+        ax.plot(epochs, [row.get(a, nan) for row in history], label=a.replace("_", " "))
         if b:
-            ax.plot(epochs, [row[b] for row in history], label=b.replace("_", " "))
+            ax.plot(epochs, [row.get(b, nan) for row in history], label=b.replace("_", " "))
             ax.legend()
         ax.set_yscale("log")
         ax.set_xlabel("epoch")

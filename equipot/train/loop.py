@@ -18,11 +18,11 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..data import GraphLoader
 from ..data.statistics import Statistics
 from ..model import build_model, save_model
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .ema import EMA
 from .history import write_history
 from .loss import combine, squared_error_terms
@@ -44,12 +44,20 @@ class Trainer:
         self.device = torch.device(config.training.device)
 
     # ----------------------------------------------------------------- set-up
-    def _setup(self, resume: bool) -> Optional[dict]:
+    def _setup(self, resume: bool, overwrite: bool = False) -> Optional[dict]:
         t = self.config.training
         if t.threads:
             torch.set_num_threads(t.threads)
         torch.manual_seed(self.config.seed)
-        state = load_checkpoint(os.path.join(self.out, CHECKPOINT)) if resume else None
+        checkpoint = os.path.join(self.out, CHECKPOINT)
+        if not resume and not overwrite and os.path.exists(checkpoint):
+            raise ConfigError(
+                f"output_dir {self.out} already holds a training run ({CHECKPOINT}); "
+                "use --resume to continue it or --overwrite to start again"
+            )
+        state = load_checkpoint(checkpoint) if resume else None
+        if state is not None:
+            check_resumable(json.loads(state["config"]), self.config.to_dict(), checkpoint)
         self.splits = read_splits(self.config)
         if state is not None:
             self.stats = Statistics.from_dict(json.loads(state["statistics"]))
@@ -75,7 +83,12 @@ class Trainer:
     def _optimizer(self) -> torch.optim.Optimizer:
         t = self.config.training
         cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-        return cls(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        # no weight decay on the energy shift (E0 ~ -10^3 eV) nor on the Bessel frequencies
+        exempt = [p for n, p in self.model.named_parameters() if n.endswith(("atomic_shift", "freqs"))]
+        exempt_ids = {id(p) for p in exempt}
+        decayed = [p for p in self.model.parameters() if id(p) not in exempt_ids]
+        groups = [{"params": decayed, "weight_decay": t.weight_decay}, {"params": exempt, "weight_decay": 0.0}]
+        return cls(groups, lr=t.lr)
 
     def _scheduler(self):
         t = self.config.training
@@ -166,8 +179,9 @@ class Trainer:
         return acc.summary()
 
     # --------------------------------------------------------------- run
-    def run(self, resume: bool = False) -> Dict[str, float]:
-        self._setup(resume)
+    def run(self, resume: bool = False, overwrite: bool = False) -> Dict[str, float]:
+        """Train; ``resume`` continues from the checkpoint, ``overwrite`` replaces an earlier run."""
+        self._setup(resume, overwrite)
         t, start = self.config.training, time.time()
         if self.world.is_main:
             os.makedirs(self.out, exist_ok=True)
@@ -213,6 +227,31 @@ class Trainer:
             self.scheduler.step(valid_loss)
         elif self.scheduler is not None:
             self.scheduler.step()
+
+
+# settings that may change when a run is resumed; any other change would make the resumed
+# run a different run from the one the checkpoint belongs to
+RESUME_MAY_CHANGE = {"output_dir", "training.max_epochs", "training.max_minutes", "training.patience",
+                     "training.threads", "training.device"}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) and k not in ("keys", "e0s") else {key: v})
+    return out
+
+
+def check_resumable(saved: dict, current: dict, path: str) -> None:
+    a, b = _flatten(saved), _flatten(current)
+    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUME_MAY_CHANGE)
+    if changed:
+        details = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed)
+        raise CheckpointError(
+            f"{path}: the config differs from the one this checkpoint was trained with ({details}); "
+            f"only {', '.join(sorted(RESUME_MAY_CHANGE))} may change on --resume"
+        )
 
 
 def _epoch_line(row: dict) -> str:

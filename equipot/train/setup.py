@@ -8,7 +8,7 @@ import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 
 from ..config import Config, ConfigError, DataConfig
-from ..data import Configuration, DataError, compute_statistics, fit_e0, read_configurations, species_of
+from ..data import CloseAtomsError, Configuration, DataError, compute_statistics, fit_e0, read_configurations, species_of
 from ..data.reading import iread_configurations
 from ..data.statistics import Statistics
 from ..units import energy_factor
@@ -87,4 +87,9 @@ def read_e0s(e0s, data: DataConfig, train: List[Configuration], species: List[in
 def training_statistics(config: Config, train: List[Configuration]) -> Statistics:
     species = species_of(train)
     e0 = read_e0s(config.data.e0s, config.data, train, species)
-    return compute_statistics(train, config.model.r_max, e0, species)
+    try:
+        return compute_statistics(train, config.model.r_max, e0, species)
+    except CloseAtomsError:
+        raise
+    except ValueError as err:  # E0 missing for an element of the training data
+        raise ConfigError(str(err)) from None
