@@ -89,6 +89,8 @@ def main() -> None:
     p.add_argument("--out", default=None, help="training output folder (default runs/<dataset>)")
     p.add_argument("--eval-only", action="store_true", help="evaluate the model already trained in --out")
     args = p.parse_args()
+    # the record names the training command; --eval-only re-evaluates that same run
+    sys.argv = [x for x in sys.argv if x != "--eval-only"]
     torch.set_num_threads(args.threads)
     spec = DATASETS[args.dataset]
     variant = args.variant or f"lmax{args.lmax}-{args.parity}-c{args.channels}-nu{args.correlation}"
