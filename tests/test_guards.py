@@ -65,3 +65,11 @@ def test_mixed_pbc_cell_is_judged_by_its_periodic_vectors():
     atoms = Atoms("H2", positions=positions, pbc=True)  # periodic but no cell
     with pytest.raises(DataError, match="cell is missing"):
         atoms_to_configuration(atoms, {}, [], source="f.xyz, frame 0")
+
+
+def test_e0_fit_warns_when_compositions_cannot_separate_elements(io_demo_frames):
+    from equipot.data import fit_e0, species_of
+
+    configs = [atoms_to_configuration(a, {"energy": "energy"}, ["energy"]) for a in io_demo_frames[:5]]
+    with pytest.warns(UserWarning, match="do not determine one E0 per element"):
+        fit_e0(configs, species_of(configs))
