@@ -98,9 +98,10 @@ def test_pickle_renamed_to_safetensors_is_rejected_not_executed(tmp_path):
     plain.write_bytes(pickle.dumps({"weights": _Payload(str(marker))}))
     zipped = tmp_path / "torch.safetensors"
     torch.save({"weights": _Payload(str(marker))}, str(zipped))
-    # sanity check of the payload: unpickling it would create the marker
+    # sanity check of the payload: what unpickling it would call creates the marker
     probe = tmp_path / "probe"
-    pickle.loads(pickle.dumps(_Payload(str(probe))))
+    call, args = _Payload(str(probe)).__reduce__()
+    call(*args)
     assert probe.exists()
     for path in (plain, zipped):
         with pytest.raises(ModelFileError, match="not a readable equipot model file"):
