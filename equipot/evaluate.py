@@ -11,7 +11,7 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from .data import Configuration, GraphLoader, read_configurations
-from .model.model_file import atomic_write
+from .atomic import atomic_write
 from .model.potential import Potential
 from .train.metrics import ErrorAccumulator
 

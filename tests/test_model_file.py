@@ -14,6 +14,8 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from hostile import Payload
+
 from equipot.calculator import EquipotCalculator
 from equipot.data import make_batch, read_configurations
 from equipot.evaluate import evaluate_file, format_table, write_json
@@ -84,23 +86,15 @@ def test_truncated_empty_and_garbage_model_files(io_tiny_model, tmp_path):
         load_model(str(tmp_path / "missing.safetensors"))
 
 
-class _Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.mkdir, (self.marker,))
-
-
 def test_pickle_renamed_to_safetensors_is_rejected_not_executed(tmp_path):
     marker = tmp_path / "executed"
     plain = tmp_path / "plain.safetensors"
-    plain.write_bytes(pickle.dumps({"weights": _Payload(str(marker))}))
+    plain.write_bytes(pickle.dumps({"weights": Payload(str(marker))}))
     zipped = tmp_path / "torch.safetensors"
-    torch.save({"weights": _Payload(str(marker))}, str(zipped))
+    torch.save({"weights": Payload(str(marker))}, str(zipped))
     # sanity check of the payload: what unpickling it would call creates the marker
     probe = tmp_path / "probe"
-    call, args = _Payload(str(probe)).__reduce__()
+    call, args = Payload(str(probe)).__reduce__()
     call(*args)
     assert probe.exists()
     for path in (plain, zipped):

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from hostile import Payload
+
 from equipot.config import ConfigError, config_from_dict, load_config
 from equipot.data import CloseAtomsError, DataError, compute_statistics, fit_e0, make_batch, species_of
 from equipot.data import read_configurations
@@ -266,18 +268,10 @@ def test_resume_from_bad_checkpoints(io_config_dict, io_straight_run):
         train(values, resume=True)
 
 
-class _Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.mkdir, (self.marker,))
-
-
 def test_checkpoint_loading_executes_nothing(tmp_path):
     marker = str(tmp_path / "executed")
     path = tmp_path / CHECKPOINT
-    torch.save({"format": "equipot-checkpoint", "payload": _Payload(marker)}, str(path))
+    torch.save({"format": "equipot-checkpoint", "payload": Payload(marker)}, str(path))
     with pytest.raises(CheckpointError):
         load_checkpoint(str(path))
     assert not os.path.exists(marker)

@@ -12,6 +12,12 @@ class CloseAtomsError(ValueError):
     pass
 
 
+def has_valid_cell(cell: np.ndarray, pbc: np.ndarray) -> bool:
+    """Whether the lattice vectors of the periodic directions are present and independent."""
+    rows = np.asarray(cell, dtype=np.float64)[np.asarray(pbc, dtype=bool)]
+    return len(rows) == 0 or np.linalg.det(rows @ rows.T) >= 1e-12
+
+
 def neighbor_list(
     positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -26,10 +32,8 @@ def neighbor_list(
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     pbc = np.asarray(pbc, dtype=bool)
     box = np.asarray(cell, dtype=np.float64) if pbc.any() else np.zeros((3, 3))
-    if pbc.any():
-        periodic_rows = box[pbc]  # the lattice vectors of the periodic directions must be independent
-        if np.linalg.det(periodic_rows @ periodic_rows.T) < 1e-12:
-            raise ValueError("periodic structure without a cell, or with a degenerate cell")
+    if not has_valid_cell(box, pbc):
+        raise ValueError("periodic structure without a cell, or with a degenerate cell")
     calc = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
     i, j, shifts, d = calc.compute(positions, box, [bool(p) for p in pbc], quantities="ijSd")
     if len(d) and d.min() < MIN_DISTANCE:

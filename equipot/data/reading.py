@@ -16,6 +16,7 @@ from ase import Atoms
 from ..fields import get_field
 from ..units import energy_factor, length_factor
 from .configuration import Configuration
+from .neighbors import has_valid_cell
 
 DEFAULT_KEYS = {"energy": "energy", "forces": "forces", "stress": "stress"}
 
@@ -83,10 +84,8 @@ def atoms_to_configuration(
     if not np.all(np.isfinite(positions)):
         raise DataError(f"{source}: positions contain NaN or inf")
     pbc = np.array(atoms.get_pbc(), dtype=bool)
-    if pbc.any():
-        rows = cell[pbc]
-        if np.linalg.det(rows @ rows.T) < 1e-12:
-            raise DataError(f"{source}: periodic (pbc={pbc.tolist()}) but the cell is missing or degenerate")
+    if not has_valid_cell(cell, pbc):
+        raise DataError(f"{source}: periodic (pbc={pbc.tolist()}) but the cell is missing or degenerate")
     found = _available(atoms)
     targets = {}
     required = set(required)

@@ -14,6 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..atomic import atomic_write
 from ..config import ModelConfig, _from_dict, validate_model
 from ..data.statistics import Statistics
 from .build import build_model
@@ -25,21 +26,6 @@ FORMAT_VERSION = 1
 
 class ModelFileError(ValueError):
     pass
-
-
-def atomic_write(path: str, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: a crash never leaves half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_model(path: str, model: Potential, config: ModelConfig, stats: Statistics) -> None:

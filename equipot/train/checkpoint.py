@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from ..model.model_file import atomic_write
+from ..atomic import atomic_write
 
 
 class CheckpointError(ValueError):

@@ -5,7 +5,7 @@ import io
 import os
 from typing import List
 
-from ..model.model_file import atomic_write
+from ..atomic import atomic_write
 
 
 def write_history(out_dir: str, history: List[dict]) -> None:
