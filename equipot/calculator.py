@@ -12,10 +12,13 @@ from .model import Potential, load_model
 
 
 class EquipotCalculator(Calculator):
-    """Energy, free_energy, forces, stress (Voigt, ASE sign) and per-atom energies.
+    """Energy, free_energy, forces, stress (Voigt, ASE sign), per-atom energies, typed outputs.
 
-    Units are ASE's: eV, eV/Å, eV/Å³. ``dtype`` is "float32" or "float64" (default: the
-    dtype the model was saved in). Stress is available for periodic structures only.
+    Units are ASE's: eV, eV/Å, eV/Å³, e, e·Å. ``dtype`` is "float32" or "float64" (default:
+    the dtype the model was saved in). Stress is available for periodic structures only,
+    dipoles for open ones only. Every typed output of the model (``charges``, ``dipole``,
+    ``chirality``, ...) is a property under its own name. The total charge of a structure
+    is ``total_charge`` if given here, else ``atoms.info["total_charge"]``, else 0.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
@@ -25,9 +28,11 @@ class EquipotCalculator(Calculator):
         model: Union[str, Potential],
         device: str = "cpu",
         dtype: Optional[str] = None,
+        total_charge: Optional[float] = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.total_charge = total_charge
         torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         if isinstance(model, str):
             model = load_model(model, dtype=torch_dtype, device=device)
@@ -37,18 +42,28 @@ class EquipotCalculator(Calculator):
         self.device = device
         self.dtype = self.model.dtype
         self.r_max = model.model_config.r_max
+        self.fields = self.model.output_fields
+        self.implemented_properties = list(EquipotCalculator.implemented_properties) + list(self.fields)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         periodic = bool(np.any(self.atoms.pbc))
         if "stress" in properties and not periodic:
             raise PropertyNotImplementedError("stress is defined for periodic structures only")
+        dipoles = [p for p in properties if p in self.fields and self.fields[p].kind == "dipole"]
+        if dipoles and periodic:
+            raise PropertyNotImplementedError(f"{dipoles[0]}: a dipole is ill-defined for a periodic structure")
+        if self.total_charge is not None:
+            total_charge = float(self.total_charge)
+        else:
+            total_charge = float(self.atoms.info.get("total_charge", 0.0))
         config = Configuration(
             numbers=self.atoms.get_atomic_numbers(),
             positions=self.atoms.get_positions(),
             cell=np.array(self.atoms.get_cell()),
             pbc=np.array(self.atoms.get_pbc()),
             source="structure given to EquipotCalculator",
+            total_charge=total_charge,
         )
         graph = to_graph(config, self.r_max).to(self.device, self.dtype)
         out = self.model(graph)
@@ -62,3 +77,9 @@ class EquipotCalculator(Calculator):
         if periodic:
             stress = out["stress"][0].detach().cpu().double().numpy()
             self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
+        for name, f in self.fields.items():
+            if f.kind == "dipole" and periodic:
+                continue
+            value = out[name].detach().cpu().double().numpy()
+            value = value if f.level == "node" else value[0]
+            self.results[name] = float(value) if value.ndim == 0 else value

@@ -26,9 +26,18 @@ def _eval(args) -> None:
         torch.set_num_threads(args.threads)
     model = load_model(args.model, dtype=getattr(torch, args.dtype) if args.dtype else None)
     keys = {"energy": args.energy_key, "forces": args.forces_key, "stress": args.stress_key}
+    keys.update({name: name for name in model.output_fields})
+    for item in args.key or []:
+        name, sep, key = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"equipot eval: --key wants NAME=KEY, got {item!r}")
+        if name not in keys and name != "total_charge":
+            known = ", ".join(list(keys) + ["total_charge"])
+            raise SystemExit(f"equipot eval: --key {item!r}: this model has no output {name!r} (known: {known})")
+        keys[name] = key
     summary = evaluate_file(model, args.data, out_dir=args.out, keys=keys, energy_unit=args.energy_unit,
                             length_unit=args.length_unit, batch_size=args.batch_size)
-    print(format_table(summary))
+    print(format_table(summary, {name: f.unit for name, f in model.output_fields.items()}))
     if args.json:
         write_json(args.json, summary)
     if args.out:
@@ -75,6 +84,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--energy-key", default="energy")
     e.add_argument("--forces-key", default="forces")
     e.add_argument("--stress-key", default="stress")
+    e.add_argument("--key", action="append", metavar="NAME=KEY",
+                   help="file key of a typed output or of total_charge (default: the output's name)")
     e.add_argument("--energy-unit", default="eV")
     e.add_argument("--length-unit", default="Angstrom")
     e.add_argument("--batch-size", type=int, default=20)

@@ -31,6 +31,19 @@ class DataConfig:
 
 
 @dataclass
+class OutputConfig:
+    """A typed output (see :mod:`equipot.fields`); in YAML ``dipole: dipole`` is short for
+    ``dipole: {type: dipole}``."""
+
+    type: str
+    level: Optional[str] = None  # "graph" or "node"; default from the type
+
+    @classmethod
+    def from_string(cls, value: str) -> "OutputConfig":
+        return cls(type=value)
+
+
+@dataclass
 class ModelConfig:
     r_max: float = 5.0  # Å
     num_layers: int = 2
@@ -41,6 +54,7 @@ class ModelConfig:
     num_basis: int = 8
     radial_hidden: List[int] = field(default_factory=lambda: [64, 64])
     readout_hidden: int = 16
+    outputs: Dict[str, OutputConfig] = field(default_factory=dict)  # typed outputs besides the energy
 
 
 @dataclass
@@ -48,6 +62,11 @@ class LossConfig:
     energy: float = 1.0  # weight of the per-atom energy MSE (eV/atom)^2
     forces: float = 100.0  # weight of the force-component MSE (eV/Å)^2
     stress: float = 0.0  # weight of the stress-component MSE (eV/Å³)^2
+    outputs: Dict[str, float] = field(default_factory=dict)  # weight of each typed output's component MSE
+
+    def weight(self, name: str) -> float:
+        """The weight of loss term ``name`` (energy, forces, stress or a typed output)."""
+        return self.outputs[name] if name in self.outputs else getattr(self, name)
 
 
 @dataclass
@@ -94,11 +113,7 @@ def _from_dict(cls, values: Any, where: str, source: str):
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(names)}"
             raise ConfigError(f"{source}: unknown config key {path!r}{hint}")
-        kind = hints[key]
-        if dataclasses.is_dataclass(kind):
-            kwargs[key] = _from_dict(kind, value, path, source)
-        else:
-            kwargs[key] = _check_type(value, kind, path, source)
+        kwargs[key] = _check_type(value, hints[key], path, source)
     return cls(**kwargs)
 
 
@@ -112,6 +127,10 @@ def _check_type(value: Any, kind: Any, path: str, source: str) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"{source}: {path} has value {value!r} of the wrong type (expected {kind})")
+    if dataclasses.is_dataclass(kind):
+        if isinstance(value, str) and hasattr(kind, "from_string"):
+            return kind.from_string(value)
+        return _from_dict(kind, value, path, source)
     if kind is type(None):
         if value is None:
             return None
@@ -154,6 +173,34 @@ def validate_model(m: "ModelConfig", source: str) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(f"{source}: {message}")
+    output_fields(m, source)
+
+
+def output_fields(m: "ModelConfig", source: str = "<config>") -> Dict[str, Any]:
+    """{name: Field} of the model's typed outputs; each must be representable by its features."""
+    from e3nn import o3
+
+    from .fields import output_field
+
+    fields = {}
+    for name, out in m.outputs.items():
+        try:
+            f = output_field(name, out.type, out.level)
+        except ValueError as err:
+            raise ConfigError(f"{source}: model.outputs.{name}: {err}") from None
+        optional = {(1, -1)} if f.kind == "dipole" else set()  # atomic dipoles join when lmax >= 1
+        for _, ir in o3.Irreps(f.irreps):
+            if (ir.l, ir.p) in optional:
+                continue
+            if ir.l > m.lmax:
+                raise ConfigError(f"{source}: model.outputs.{name} ({out.type}) needs {ir} features: set model.lmax >= {ir.l}")
+            if ir.p != (-1) ** ir.l and (m.parity != "both" or m.lmax < 1):
+                raise ConfigError(
+                    f"{source}: model.outputs.{name} ({out.type}) needs {ir} features, which only "
+                    "model.parity: both with model.lmax >= 1 provides"
+                )
+        fields[name] = f
+    return fields
 
 
 def _validate(config: Config, source: str) -> None:
@@ -165,8 +212,11 @@ def _validate(config: Config, source: str) -> None:
         (d.energy_unit in ENERGY_TO_EV, f"data.energy_unit {d.energy_unit!r} is not one of {', '.join(ENERGY_TO_EV)}"),
         (d.length_unit in LENGTH_TO_ANGSTROM, f"data.length_unit {d.length_unit!r} is not one of {', '.join(LENGTH_TO_ANGSTROM)}"),
         (not ("stress" in d.keys and "virial" in d.keys), "data.keys maps both stress and virial; keep one"),
-        (min(w.energy, w.forces, w.stress) >= 0, "training.loss weights must not be negative"),
-        (max(w.energy, w.forces, w.stress) > 0, "training.loss: at least one weight must be positive"),
+        (min([w.energy, w.forces, w.stress, *w.outputs.values()]) >= 0, "training.loss weights must not be negative"),
+        (max([w.energy, w.forces, w.stress, *w.outputs.values()]) > 0, "training.loss: at least one weight must be positive"),
+        (all(k in config.model.outputs for k in w.outputs),
+         f"training.loss.outputs names {sorted(set(w.outputs) - set(config.model.outputs))}, "
+         f"which model.outputs does not declare (declared: {sorted(config.model.outputs) or 'none'})"),
         (t.valid_batch_size >= 1, "training.valid_batch_size must be positive"),
         (t.ema_decay is None or 0.0 < t.ema_decay < 1.0, "training.ema_decay must be in (0, 1), or null for no EMA"),
         (t.max_epochs >= 1, "training.max_epochs must be positive"),
@@ -176,8 +226,9 @@ def _validate(config: Config, source: str) -> None:
         (t.batch_size >= 1, "training.batch_size must be positive"),
         (t.lr > 0, "training.lr must be positive"),
         (0.0 < config.data.valid_fraction < 1.0 or config.data.valid, "data.valid_fraction must be in (0, 1)"),
-        (all(k in ("energy", "forces", "stress", "virial") for k in config.data.keys),
-         f"data.keys may map energy, forces, stress, virial; got {sorted(config.data.keys)}"),
+        (all(k in ("energy", "forces", "stress", "virial", "total_charge") or k in config.model.outputs for k in config.data.keys),
+         f"data.keys may map energy, forces, stress, virial, total_charge and the names in model.outputs; "
+         f"got {sorted(config.data.keys)}"),
     ]
     for ok, message in checks:
         if not ok:

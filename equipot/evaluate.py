@@ -35,34 +35,43 @@ def predict(
         starts = np.cumsum([0] + graph.atoms_per_graph().tolist())
         for g in range(graph.n_graphs):
             a, b = starts[g], starts[g + 1]
-            results.append({
+            result = {
                 "energy": float(pred["energy"][g]),
                 "energies": pred["energies"][a:b],
                 "forces": pred["forces"][a:b],
                 "stress": pred["stress"][g],
                 "periodic": bool(graph.pbc[g].any()),
-            })
+            }
+            for name, f in model.output_fields.items():
+                result[name] = pred[name][a:b] if f.level == "node" else pred[name][g]
+            results.append(result)
     return results
 
 
 def error_table(configs: Sequence[Configuration], preds: Sequence[dict]) -> Dict[str, float]:
+    """MAE and RMSE of every labelled quantity that the model predicts (R² for typed outputs)."""
     acc = ErrorAccumulator()
     for c, p in zip(configs, preds):
-        targets = {k: np.asarray(v)[None] if k in ("energy", "stress") else np.asarray(v) for k, v in c.targets.items()}
-        pred = {"energy": np.array([p["energy"]]), "forces": p["forces"], "stress": p["stress"][None]}
-        acc.add_batch(pred, {k: v for k, v in targets.items() if k in ("energy", "forces", "stress")}, np.array([c.n_atoms]))
+        targets = {k: np.asarray(v) for k, v in c.targets.items() if k in p and k != "energies"}
+        pred = {k: np.asarray(p[k]) for k in targets}
+        if "energy" in targets:
+            targets["energy"], pred["energy"] = targets["energy"].reshape(1), pred["energy"].reshape(1)
+        acc.add_batch(pred, targets, np.array([c.n_atoms]))
     summary = acc.summary()
     summary["n_structures"] = len(configs)
     summary["n_atoms"] = int(sum(c.n_atoms for c in configs))
     return summary
 
 
-def format_table(summary: Dict[str, float]) -> str:
+def format_table(summary: Dict[str, float], units: Optional[Dict[str, str]] = None) -> str:
+    """A text table; ``units`` gives the units of typed outputs ({name: unit})."""
     rows = [("energy", "meV"), ("energy_per_atom", "meV/atom"), ("forces", "meV/Å"), ("stress", "meV/Å³")]
-    lines = [f"{'quantity':<18}{'MAE':>12}{'RMSE':>12}  unit"]
+    rows += [(name, unit) for name, unit in (units or {}).items()]
+    lines = [f"{'quantity':<18}{'MAE':>12}{'RMSE':>12}{'R²':>9}  unit"]
     for name, unit in rows:
         if f"{name}_mae" in summary:
-            lines.append(f"{name:<18}{summary[name + '_mae']:>12.3f}{summary[name + '_rmse']:>12.3f}  {unit}")
+            r2 = f"{summary[name + '_r2']:>9.4f}" if f"{name}_r2" in summary else " " * 9
+            lines.append(f"{name:<18}{summary[name + '_mae']:>12.4g}{summary[name + '_rmse']:>12.4g}{r2}  {unit}")
     lines.append(f"{summary['n_structures']} structures, {summary['n_atoms']} atoms")
     return "\n".join(lines)
 
@@ -86,6 +95,11 @@ def parity_plot(path: str, configs: Sequence[Configuration], preds: Sequence[dic
         ref = np.concatenate([np.asarray(c.targets["stress"]).reshape(-1) for c in configs])
         pred = np.concatenate([p["stress"].reshape(-1) for p in preds])
         panels.append(("stress components (eV/Å³)", ref, pred))
+    for name in sorted({k for p in preds[:1] for k in p} - {"energy", "energies", "forces", "stress", "periodic"}):
+        if all(name in c.targets for c in configs):
+            ref = np.concatenate([np.asarray(c.targets[name], dtype=float).reshape(-1) for c in configs])
+            pred = np.concatenate([np.asarray(p[name], dtype=float).reshape(-1) for p in preds])
+            panels.append((f"{name} ()", ref, pred))
     if not panels:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4))
@@ -95,7 +109,9 @@ def parity_plot(path: str, configs: Sequence[Configuration], preds: Sequence[dic
         ax.plot([lo, hi], [lo, hi], color="0.6", lw=1)
         ax.scatter(ref, pred, s=4, alpha=0.5)
         rmse = np.sqrt(np.mean((pred - ref) ** 2))
-        ax.set_title(f"{label}\nRMSE {1000 * rmse:.2f} m{label.split('(')[1][:-1]}", fontsize=9)
+        unit = label.split("(")[1][:-1]
+        text = f"RMSE {1000 * rmse:.2f} m{unit}" if unit else f"RMSE {rmse:.4g}, R² {1 - np.sum((pred - ref) ** 2) / max(np.sum((ref - ref.mean()) ** 2), 1e-300):.4f}"
+        ax.set_title(f"{label.replace(' ()', '')}\n{text}", fontsize=9)
         ax.set_xlabel("reference")
         ax.set_ylabel("predicted")
     if title:
@@ -105,16 +121,26 @@ def parity_plot(path: str, configs: Sequence[Configuration], preds: Sequence[dic
     plt.close(fig)
 
 
-def write_predictions(path: str, configs: Sequence[Configuration], preds: Sequence[dict]) -> None:
+def atoms_field(atoms: Atoms, key: str, value: np.ndarray, per_atom: bool) -> None:
+    """Store ``value`` in ``atoms.arrays`` (per atom, flattened to (N, k)) or ``atoms.info``."""
+    if per_atom:
+        flat = value.reshape(len(atoms), -1)
+        atoms.arrays[key] = flat[:, 0] if flat.shape[1] == 1 else flat
+    else:
+        atoms.info[key] = value.reshape(-1) if value.size > 1 else float(value.reshape(-1)[0])
+
+
+def write_predictions(path: str, configs: Sequence[Configuration], preds: Sequence[dict], fields=None) -> None:
+    """Structures with reference (REF_*) and predicted values; ``fields``: the model's typed outputs."""
     frames = []
     for c, p in zip(configs, preds):
         atoms = Atoms(numbers=c.numbers, positions=c.positions, cell=c.cell, pbc=c.pbc)
         for name, value in c.targets.items():
-            if np.ndim(value) >= 1 and np.shape(value)[0] == c.n_atoms and name in ("forces", "energies"):
-                atoms.arrays[f"REF_{name}"] = np.asarray(value)
-            else:
-                atoms.info[f"REF_{name}"] = np.asarray(value).reshape(-1) if np.ndim(value) else float(value)
+            per_atom = name in ("forces", "energies") or (name in (fields or {}) and fields[name].level == "node")
+            atoms_field(atoms, f"REF_{name}", np.asarray(value), per_atom)
         atoms.arrays["energies"] = p["energies"]
+        for name, f in (fields or {}).items():
+            atoms_field(atoms, f"pred_{name}", np.asarray(p[name]), f.level == "node")
         results = {"energy": p["energy"], "forces": p["forces"]}
         if p["periodic"]:
             results["stress"] = p["stress"]
@@ -134,7 +160,10 @@ def evaluate_file(
     progress: bool = True,
 ) -> Dict[str, float]:
     """Errors of ``model`` on ``data_path``; with ``out_dir``, also plots and predictions."""
-    configs = read_configurations(data_path, keys=keys or EVAL_KEYS, energy_unit=energy_unit, length_unit=length_unit)
+    fields = model.output_fields
+    if keys is None:
+        keys = dict(EVAL_KEYS, **{name: name for name in fields})
+    configs = read_configurations(data_path, keys=keys, energy_unit=energy_unit, length_unit=length_unit, fields=fields)
     preds = predict(model, configs, batch_size=batch_size, progress=progress)
     summary = error_table(configs, preds)
     summary["data"] = data_path
@@ -142,7 +171,7 @@ def evaluate_file(
         stem = os.path.splitext(os.path.basename(data_path))[0]
         os.makedirs(out_dir, exist_ok=True)
         parity_plot(os.path.join(out_dir, f"{stem}_parity.png"), configs, preds, title=stem)
-        write_predictions(os.path.join(out_dir, f"{stem}_predictions.xyz"), configs, preds)
+        write_predictions(os.path.join(out_dir, f"{stem}_predictions.xyz"), configs, preds, fields)
     return summary
 
 

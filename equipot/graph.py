@@ -31,6 +31,11 @@ class AtomicGraph:
     edge_shift: torch.Tensor  # (E, 3) integer image shifts, stored as float
     n_graphs: int
     targets: Dict[str, torch.Tensor] = field(default_factory=dict)
+    total_charge: Optional[torch.Tensor] = None  # (G,) e, float64; None means neutral
+
+    def __post_init__(self):
+        if self.total_charge is None:
+            self.total_charge = torch.zeros(self.n_graphs, dtype=torch.float64, device=self.positions.device)
 
     @property
     def n_atoms(self) -> int:
@@ -59,6 +64,7 @@ class AtomicGraph:
             edge_shift=move(self.edge_shift),
             # labels keep their float64: energies of 10^3-10^5 eV must not be rounded to float32
             targets={k: v.to(device=device) for k, v in self.targets.items()},
+            total_charge=self.total_charge.to(device=device),
         )
 
 
@@ -86,12 +92,13 @@ def batch_graphs(graphs: List[AtomicGraph]) -> AtomicGraph:
         edge_shift=torch.cat([g.edge_shift for g in graphs]),
         n_graphs=sum(g.n_graphs for g in graphs),
         targets=targets,
+        total_charge=torch.cat([g.total_charge for g in graphs]),
     )
 
 
-def check_target_shape(name: str, value: torch.Tensor, n_atoms: int) -> None:
+def check_target_shape(name: str, value: torch.Tensor, n_atoms: int, fields=None) -> None:
     """Raise if ``value`` does not have the shape the field table declares."""
-    f = get_field(name)
+    f = get_field(name, fields)
     lead = (n_atoms,) if f.level == "node" else (1,)
     if tuple(value.shape) != lead + f.shape:
         raise ValueError(f"{name}: expected shape {lead + f.shape}, got {tuple(value.shape)}")

@@ -274,8 +274,30 @@ def potential_outputs(potential, config, cutoff: float) -> Dict[str, torch.Tenso
     return {k: v.detach() for k, v in out.items()}
 
 
+def output_specs(fields) -> Dict[str, Spec]:
+    """How each typed output of a model transforms, from its field (SE(3) scalars excluded:
+    they are invariant under proper rotations only and are checked on their own)."""
+    specs = {}
+    for name, f in fields.items():
+        level = "node" if f.level == "node" else "global"
+        if f.kind == "se3_scalar":
+            continue
+        if f.kind in ("dipole",) or f.symmetry == "i":
+            specs[name] = Spec(CARTESIAN, level)
+        elif f.symmetry in ("ij", "ij=ji"):
+            specs[name] = Spec(RANK2, level)
+        elif f.kind == "charges":
+            specs[name] = Spec(None, level)
+        elif f.kind == "irreps":
+            specs[name] = Spec(o3.Irreps(f.irreps), level)
+        else:
+            raise NotImplementedError(f"no equivariance spec for output {name!r} ({f.symmetry})")
+    return specs
+
+
 def check_potential_equivariance(potential, config, cutoff: float, **kwargs) -> float:
-    """Energy and virial/stress invariant/rank-2, per-atom energies permuted, forces vectors.
+    """Energy and virial/stress invariant/rank-2, per-atom energies permuted, forces vectors;
+    every typed output as its field declares (see :func:`output_specs`).
 
     The structure (positions, cell and atom order) is transformed and its neighbour list
     rebuilt, so the whole path from coordinates to outputs is under test. For a periodic
@@ -285,12 +307,18 @@ def check_potential_equivariance(potential, config, cutoff: float, **kwargs) -> 
     from equipot.data import Configuration
 
     periodic = bool(np.any(config.pbc))
+    fields = potential.output_fields
 
     def fn(positions, cell, numbers):
         moved = Configuration(
-            numbers=numbers.numpy(), positions=positions.numpy(), cell=cell.numpy(), pbc=config.pbc
+            numbers=numbers.numpy(), positions=positions.numpy(), cell=cell.numpy(), pbc=config.pbc,
+            total_charge=config.total_charge,
         )
-        return potential_outputs(potential, moved, cutoff)
+        out = potential_outputs(potential, moved, cutoff)
+        for name, f in fields.items():  # scalar irreps get their axis of dimension 1
+            if f.kind == "irreps" and f.shape == ():
+                out[name] = out[name][..., None]
+        return {k: v for k, v in out.items() if k in out_specs}
 
     inputs = (
         torch.as_tensor(config.positions, dtype=torch.float64),
@@ -305,4 +333,5 @@ def check_potential_equivariance(potential, config, cutoff: float, **kwargs) -> 
         "virial": Spec(RANK2),
         "stress": Spec(RANK2, nonzero=periodic),
     }
+    out_specs.update({k: v for k, v in output_specs(fields).items() if not (periodic and fields[k].kind == "dipole")})
     return check_equivariance(fn, inputs, in_specs, out_specs, **kwargs)

@@ -270,12 +270,13 @@ def test_readouts(potential):
 
 
 def test_energy_model(potential, graph_inputs):
-    """Species and edge vectors in, per-atom energies out: invariant, permuted with atoms."""
+    """Species and edge vectors in; per-atom energies (invariant) and last-layer features out."""
     _, species, vec, src, dst = graph_inputs
     node, index = Spec(None, "node"), Spec(None, "edge_node_index")
+    em = potential.energy_model
     check_equivariance(
-        potential.energy_model, (species, vec, src, dst),
-        (node, Spec(CARTESIAN, "edge"), index, index), Spec(None, "node"),
+        em, (species, vec, src, dst),
+        (node, Spec(CARTESIAN, "edge"), index, index), (Spec(None, "node"), Spec(em.irreps_features, "node")),
     )
 
 

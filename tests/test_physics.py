@@ -165,7 +165,7 @@ def test_no_gradient_between_structures_of_a_batch(model):
     displacement, strain = symmetric_strain(graph.n_graphs, positions.dtype)
     pos, cell = apply_strain(positions, graph.cell, strain, graph.node_graph)
     vec = edge_vectors(pos, cell, graph.node_graph, graph.edge_src, graph.edge_dst, graph.edge_shift)
-    energies = model.energy_model(species, vec, graph.edge_src, graph.edge_dst)
+    energies, _ = model.energy_model(species, vec, graph.edge_src, graph.edge_dst)
     energy = torch.zeros(graph.n_graphs).index_add(0, graph.node_graph, energies)
     for a in range(graph.n_graphs):
         g_pos, g_strain = torch.autograd.grad(energy[a], [positions, displacement], retain_graph=True)

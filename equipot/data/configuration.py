@@ -6,7 +6,7 @@ from typing import Dict
 import numpy as np
 import torch
 
-from ..fields import get_field
+from ..fields import Field, get_field
 from ..graph import AtomicGraph
 from .neighbors import CloseAtomsError, neighbor_list
 
@@ -19,6 +19,8 @@ class Configuration:
     pbc: np.ndarray  # (3,) bool
     targets: Dict[str, np.ndarray] = field(default_factory=dict)  # internal units
     source: str = "?"  # "file, frame k", for error messages
+    total_charge: float = 0.0  # e
+    fields: Dict[str, Field] = field(default_factory=dict)  # typed outputs among the targets
 
     @property
     def n_atoms(self) -> int:
@@ -34,7 +36,7 @@ def to_graph(config: Configuration, cutoff: float) -> AtomicGraph:
     n = config.n_atoms
     targets = {}
     for name, value in config.targets.items():
-        f = get_field(name)
+        f = get_field(name, config.fields)
         lead = (n,) if f.level == "node" else (1,)
         targets[name] = torch.as_tensor(value, dtype=torch.float64).reshape(lead + f.shape)
     return AtomicGraph(
@@ -48,4 +50,5 @@ def to_graph(config: Configuration, cutoff: float) -> AtomicGraph:
         edge_shift=torch.as_tensor(shift),
         n_graphs=1,
         targets=targets,
+        total_charge=torch.tensor([float(config.total_charge)], dtype=torch.float64),
     )

@@ -7,13 +7,13 @@ and the key.
 
 import difflib
 import os
-from typing import Dict, Iterable, Iterator, List, Optional
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional
 
 import ase.io
 import numpy as np
 from ase import Atoms
 
-from ..fields import get_field
+from ..fields import TOTAL_CHARGE, Field, get_field
 from ..units import energy_factor, length_factor
 from .configuration import Configuration
 from .neighbors import has_valid_cell
@@ -38,13 +38,12 @@ def _suggest(key: str, names: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _as_field_array(name: str, raw: object, n_atoms: int, where: str, key: str) -> np.ndarray:
-    field = get_field(name)
+def _as_field_array(field: Field, raw: object, n_atoms: int, where: str, key: str) -> np.ndarray:
     try:
         arr = np.array(raw, dtype=np.float64)
     except (TypeError, ValueError):
         raise DataError(f"{where}: key {key!r} is not numeric: {raw!r}") from None
-    if field.symmetry == "ij=ji":
+    if field.symmetry == "ij=ji" and field.level == "graph":
         if arr.size == 6:  # Voigt order xx yy zz yz xz xy
             xx, yy, zz, yz, xz, xy = arr.reshape(6)
             arr = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
@@ -73,8 +72,14 @@ def atoms_to_configuration(
     energy_unit: str = "eV",
     length_unit: str = "Angstrom",
     source: str = "?",
+    fields: Optional[Mapping[str, Field]] = None,
 ) -> Configuration:
-    """Convert one ASE structure; fields in ``required`` must be present."""
+    """Convert one ASE structure; fields in ``required`` must be present.
+
+    ``fields`` declares typed outputs ({name: Field}) that ``keys`` may map besides the
+    built-in fields. The total charge is read from the key mapped as ``total_charge``
+    (default: ``total_charge`` if present, else 0).
+    """
     e_fac, l_fac = energy_factor(energy_unit), length_factor(length_unit)
     n = len(atoms)
     if n == 0:
@@ -89,7 +94,17 @@ def atoms_to_configuration(
     found = _available(atoms)
     targets = {}
     required = set(required)
+    charge_key = keys.get(TOTAL_CHARGE.name, TOTAL_CHARGE.name)
+    total_charge = 0.0
+    if charge_key in found:
+        total_charge = float(_as_field_array(TOTAL_CHARGE, found[charge_key], n, source, charge_key))
+        if abs(total_charge - round(total_charge)) > 1e-6:
+            raise DataError(f"{source}: key {charge_key!r} (total charge) is {total_charge}, not a whole number of e")
+    elif TOTAL_CHARGE.name in keys and TOTAL_CHARGE.name in required:
+        raise DataError(f"{source}: key {charge_key!r} for total_charge not found{_suggest(charge_key, found)}")
     for name, key in keys.items():
+        if name == TOTAL_CHARGE.name:
+            continue
         if key not in found:
             if name in required:
                 raise DataError(
@@ -97,9 +112,11 @@ def atoms_to_configuration(
                     f"keys present: {', '.join(sorted(found)) or 'none'}"
                 )
             continue
-        arr = _as_field_array(name, found[key], n, source, key)
-        field = get_field(name)
+        field = get_field(name, fields)
+        arr = _as_field_array(field, found[key], n, source, key)
         arr = arr * e_fac**field.energy_power * l_fac**field.length_power
+        if field.kind == "dipole" and pbc.any():
+            raise DataError(f"{source}: key {key!r} ({name}) is a dipole, which is ill-defined for a periodic structure")
         if name == "virial":  # stored as stress inside equipot: stress = -virial / V
             volume = abs(np.linalg.det(cell))
             if volume < 1e-9:
@@ -113,6 +130,8 @@ def atoms_to_configuration(
         pbc=pbc,
         targets=targets,
         source=source,
+        total_charge=total_charge,
+        fields=fields if fields is not None else {},
     )
 
 
@@ -124,6 +143,7 @@ def iread_configurations(
     length_unit: str = "Angstrom",
     index: str = ":",
     format: Optional[str] = None,
+    fields: Optional[Mapping[str, Field]] = None,
 ) -> Iterator[Configuration]:
     """Stream configurations from ``path`` (any format ASE reads; extxyz first)."""
     keys = dict(DEFAULT_KEYS if keys is None else keys)
@@ -141,7 +161,7 @@ def iread_configurations(
         except Exception as err:  # ASE raises many types for malformed files
             raise DataError(f"{path}, frame {k}: cannot parse ({type(err).__name__}: {err})") from err
         yield atoms_to_configuration(
-            atoms, keys, required, energy_unit, length_unit, source=f"{path}, frame {k}"
+            atoms, keys, required, energy_unit, length_unit, source=f"{path}, frame {k}", fields=fields
         )
         k += 1
     if k == 0:

@@ -2,9 +2,10 @@
 
 import torch
 
-from ..config import ModelConfig
+from ..config import ModelConfig, output_fields
 from ..data.statistics import Statistics
 from .energy_model import EnergyModel
+from .outputs import TypedOutputs, output_irreps
 from .potential import Potential
 
 
@@ -13,6 +14,7 @@ def build_model(config: ModelConfig, stats: Statistics) -> Potential:
     species = list(stats.species)
     shift = torch.tensor([stats.e0[z] + stats.energy_shift for z in species], dtype=torch.float64)
     scale = torch.full((len(species),), float(stats.energy_scale), dtype=torch.float64)
+    fields = output_fields(config)
     energy_model = EnergyModel(
         num_species=len(species),
         r_max=config.r_max,
@@ -27,7 +29,9 @@ def build_model(config: ModelConfig, stats: Statistics) -> Potential:
         avg_num_neighbors=max(stats.avg_num_neighbors, 1.0),
         atomic_shift=shift,
         atomic_scale=scale,
+        extra_irreps=output_irreps(list(fields.values()), config.lmax),
     )
-    potential = Potential(energy_model, species)
+    outputs = TypedOutputs(fields, energy_model.irreps_features, config.readout_hidden) if fields else None
+    potential = Potential(energy_model, species, outputs)
     potential.model_config, potential.statistics = config, stats
     return potential

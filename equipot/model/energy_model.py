@@ -1,6 +1,6 @@
 """The equivariant network: species and edge vectors in, per-atom energies out."""
 
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import torch
 from e3nn import o3
@@ -48,6 +48,7 @@ class EnergyModel(nn.Module):
         avg_num_neighbors: float,
         atomic_shift: torch.Tensor,
         atomic_scale: torch.Tensor,
+        extra_irreps: o3.Irreps = o3.Irreps(""),
     ):
         super().__init__()
         self.num_species = num_species
@@ -59,10 +60,14 @@ class EnergyModel(nn.Module):
         hidden = hidden_irreps(channels, lmax, parity)
         self.layers = nn.ModuleList()
         self.readouts = nn.ModuleList()
+        # the last layer carries the 0e channels of the energy and, for typed outputs, the
+        # other irreps their heads read (``extra_irreps``, ``channels`` copies of each)
+        irreps_last = (irreps_embed + o3.Irreps([(channels, ir) for _, ir in o3.Irreps(extra_irreps)])).sort().irreps.simplify()
+        self.irreps_features = irreps_last
         irreps_in = irreps_embed
         for t in range(num_layers):
             last = t == num_layers - 1
-            irreps_out = irreps_embed if last else hidden
+            irreps_out = irreps_last if last else hidden
             self.layers.append(
                 Interaction(
                     irreps_in, irreps_out, self.irreps_sh, hidden, num_species, num_basis,
@@ -98,7 +103,8 @@ class EnergyModel(nn.Module):
         edge_vec: torch.Tensor,
         edge_src: torch.Tensor,
         edge_dst: torch.Tensor,
-    ) -> torch.Tensor:
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom energies (N,) float64 eV, and the last layer's features (N, irreps_features.dim)."""
         dtype = edge_vec.dtype
         onehot = torch.nn.functional.one_hot(species, self.num_species).to(dtype)
         length = torch.linalg.norm(edge_vec, dim=-1)
@@ -110,4 +116,4 @@ class EnergyModel(nn.Module):
             h = layer(h, onehot, species, edge_sh, edge_radial, edge_src, edge_dst)
             out = out + readout(h)
         scaled = (self.atomic_scale[species] * out).to(torch.float64)
-        return scaled + self.atomic_shift[species]
+        return scaled + self.atomic_shift[species], h

@@ -1,14 +1,16 @@
 """Energies and their derivatives for a batch of structures, in one autograd pass."""
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from ase.data import chemical_symbols
 from torch import nn
 
+from ..fields import Field
 from ..geometry import apply_strain, cell_volumes, edge_vectors, symmetric_strain
 from ..graph import AtomicGraph
 from .energy_model import EnergyModel
+from .outputs import TypedOutputs
 
 
 class UnknownElementError(ValueError):
@@ -22,9 +24,10 @@ class Potential(nn.Module):
     zero for open structures, which have no volume).
     """
 
-    def __init__(self, energy_model: EnergyModel, species: Sequence[int]):
+    def __init__(self, energy_model: EnergyModel, species: Sequence[int], outputs: Optional[TypedOutputs] = None):
         super().__init__()
         self.energy_model = energy_model
+        self.outputs = outputs
         self.species = [int(z) for z in species]
         z_to_index = torch.full((119,), -1, dtype=torch.long)
         z_to_index[torch.tensor(self.species)] = torch.arange(len(self.species))
@@ -57,7 +60,7 @@ class Potential(nn.Module):
         displacement, strain = symmetric_strain(graph.n_graphs, positions.dtype, positions.device)
         pos, cell = apply_strain(positions, graph.cell, strain, graph.node_graph)
         vec = edge_vectors(pos, cell, graph.node_graph, graph.edge_src, graph.edge_dst, graph.edge_shift)
-        energies = self.energy_model(species, vec, graph.edge_src, graph.edge_dst)
+        energies, features = self.energy_model(species, vec, graph.edge_src, graph.edge_dst)
         energy = torch.zeros(graph.n_graphs, dtype=energies.dtype, device=energies.device)
         energy = energy.index_add(0, graph.node_graph, energies)
         grad_pos, grad_strain = torch.autograd.grad(
@@ -67,10 +70,21 @@ class Potential(nn.Module):
         periodic = graph.pbc.any(dim=1) & (volume > 0)
         safe_volume = torch.where(periodic, volume, torch.ones_like(volume))
         stress = torch.where(periodic[:, None, None], grad_strain / safe_volume[:, None, None], 0.0)
-        return {
+        result = {
             "energy": energy,
             "energies": energies,
             "forces": -grad_pos,
             "virial": -grad_strain,
             "stress": stress,
         }
+        if self.outputs is not None:
+            result.update(self.outputs(
+                features, pos, graph.numbers, graph.node_graph, graph.n_graphs, graph.total_charge,
+                graph.pbc.any(dim=1),
+            ))
+        return result
+
+    @property
+    def output_fields(self) -> Dict[str, "Field"]:
+        """{name: Field} of the typed outputs besides energy, forces, virial and stress."""
+        return dict(self.outputs.fields) if self.outputs is not None else {}

@@ -168,14 +168,12 @@ class Trainer:
             )
         names = sorted(sums)
         flat = self.world.sum(torch.tensor([x for n in names for x in sums[n]], dtype=torch.float64))
-        loss = sum(getattr(weights, n) * flat[2 * k] / max(float(flat[2 * k + 1]), 1.0) for k, n in enumerate(names))
+        loss = sum(weights.weight(n) * flat[2 * k] / max(float(flat[2 * k + 1]), 1.0) for k, n in enumerate(names))
         summary = acc.summary() if not self.world.distributed else self._reduce_summary(acc)
         return {"valid_loss": float(loss), **{f"valid_{k}": v for k, v in summary.items()}}
 
     def _reduce_summary(self, acc: ErrorAccumulator) -> Dict[str, float]:
-        flat = self.world.sum(torch.tensor(acc.state(), dtype=torch.float64)).numpy().reshape(-1, 3)
-        for (a, s, c), name in zip(flat, sorted(acc.count)):
-            acc.abs_sum[name], acc.sq_sum[name], acc.count[name] = a, s, c
+        acc.load_state(self.world.sum(torch.tensor(acc.state(), dtype=torch.float64)).numpy())
         return acc.summary()
 
     # --------------------------------------------------------------- run

@@ -36,6 +36,16 @@ def squared_error_terms(
     if weights.stress > 0:
         err = pred["stress"] - graph.targets["stress"].to(pred["stress"].dtype)
         terms["stress"] = (err.pow(2).sum().to(torch.float64), torch.tensor(float(err.numel()), dtype=torch.float64))
+    for name, w in weights.outputs.items():  # typed outputs: MSE over all components
+        if w <= 0:
+            continue
+        if name not in graph.targets:
+            raise ValueError(
+                f"loss term {name!r} has weight {w} but the data carry no {name} labels; "
+                f"set its weight to 0 or map {name} in data.keys"
+            )
+        err = pred[name] - graph.targets[name].to(pred[name].dtype)
+        terms[name] = (err.pow(2).sum().to(torch.float64), torch.tensor(float(err.numel()), dtype=torch.float64))
     return terms
 
 
@@ -43,5 +53,5 @@ def combine(terms: Dict[str, Tuple[torch.Tensor, torch.Tensor]], counts: Dict[st
     """Σ_k w_k · sum_k / counts_k; ``counts`` may be global (reduced over processes)."""
     total = 0.0
     for name, (sq_sum, _) in terms.items():
-        total = total + getattr(weights, name) * sq_sum / counts[name].clamp(min=1.0)
+        total = total + weights.weight(name) * sq_sum / counts[name].clamp(min=1.0)
     return total

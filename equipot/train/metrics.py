@@ -1,31 +1,36 @@
-"""Error accumulators: MAE and RMSE of energy, energy per atom, forces and stress."""
+"""Error accumulators: MAE and RMSE of energy, energy per atom, forces, stress and typed outputs.
+
+Energy, forces and stress are reported in meV units; typed outputs (dipoles, charges, ...)
+in their own units, with R² over all components as well.
+"""
 
 from typing import Dict
 
 import numpy as np
 
-# metric name -> (prediction key, factor to the reported unit, unit)
+# metric name -> (unit, factor to the reported unit)
 REPORTED = {
     "energy": ("meV", 1000.0),
     "energy_per_atom": ("meV/atom", 1000.0),
     "forces": ("meV/Å", 1000.0),
     "stress": ("meV/Å³", 1000.0),
 }
+BUILTIN = ("energy", "energies", "forces", "stress", "virial")
 
 
 class ErrorAccumulator:
-    """Collects absolute and squared errors; ``summary()`` gives MAE/RMSE in meV units."""
+    """Collects sums of errors and of reference values; ``summary()`` gives MAE/RMSE (and R²)."""
+
+    FIELDS = ("abs", "sq", "count", "ref", "ref_sq")
 
     def __init__(self):
-        self.abs_sum: Dict[str, float] = {}
-        self.sq_sum: Dict[str, float] = {}
-        self.count: Dict[str, float] = {}
+        self.sums: Dict[str, np.ndarray] = {}
 
-    def add(self, name: str, error: np.ndarray) -> None:
+    def add(self, name: str, error: np.ndarray, reference: np.ndarray = None) -> None:
         error = np.asarray(error, dtype=np.float64).reshape(-1)
-        self.abs_sum[name] = self.abs_sum.get(name, 0.0) + float(np.abs(error).sum())
-        self.sq_sum[name] = self.sq_sum.get(name, 0.0) + float((error**2).sum())
-        self.count[name] = self.count.get(name, 0.0) + error.size
+        ref = np.zeros_like(error) if reference is None else np.asarray(reference, dtype=np.float64).reshape(-1)
+        row = np.array([np.abs(error).sum(), (error**2).sum(), error.size, ref.sum(), (ref**2).sum()])
+        self.sums[name] = self.sums.get(name, np.zeros(5)) + row
 
     def add_batch(self, pred: dict, targets: dict, n_atoms: np.ndarray) -> None:
         if "energy" in targets:
@@ -35,17 +40,31 @@ class ErrorAccumulator:
         for name in ("forces", "stress"):
             if name in targets:
                 self.add(name, pred[name] - targets[name])
+        for name, ref in targets.items():  # typed outputs
+            if name not in BUILTIN and name in pred:
+                self.add(name, pred[name] - ref, ref)
+
+    @property
+    def count(self) -> Dict[str, float]:
+        return {name: row[2] for name, row in self.sums.items()}
 
     def state(self) -> np.ndarray:
-        """Flat array of sums (for reduction over processes)."""
-        names = sorted(self.count)
-        return np.array([[self.abs_sum[n], self.sq_sum[n], self.count[n]] for n in names]).reshape(-1)
+        """Flat array of sums, names sorted (for reduction over processes)."""
+        return np.concatenate([self.sums[n] for n in sorted(self.sums)]) if self.sums else np.zeros(0)
+
+    def load_state(self, flat: np.ndarray) -> None:
+        for name, row in zip(sorted(self.sums), np.asarray(flat).reshape(-1, 5)):
+            self.sums[name] = np.array(row, dtype=np.float64)
 
     def summary(self) -> Dict[str, float]:
         out = {}
-        for name in sorted(self.count):
-            unit, factor = REPORTED[name]
-            n = max(self.count[name], 1.0)
-            out[f"{name}_mae"] = factor * self.abs_sum[name] / n
-            out[f"{name}_rmse"] = factor * np.sqrt(self.sq_sum[name] / n)
+        for name in sorted(self.sums):
+            abs_sum, sq_sum, count, ref_sum, ref_sq = self.sums[name]
+            _, factor = REPORTED.get(name, ("", 1.0))
+            n = max(count, 1.0)
+            out[f"{name}_mae"] = factor * abs_sum / n
+            out[f"{name}_rmse"] = factor * np.sqrt(sq_sum / n)
+            if name not in REPORTED:
+                variance = ref_sq - ref_sum**2 / n
+                out[f"{name}_r2"] = 1.0 - sq_sum / variance if variance > 0 else float("nan")
         return out

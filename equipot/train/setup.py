@@ -7,7 +7,7 @@ from typing import Dict, List
 import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 
-from ..config import Config, ConfigError, DataConfig
+from ..config import Config, ConfigError, DataConfig, output_fields
 from ..data import CloseAtomsError, Configuration, DataError, compute_statistics, fit_e0, read_configurations, species_of
 from ..data.reading import iread_configurations
 from ..data.statistics import Statistics
@@ -25,6 +25,7 @@ def required_fields(config: Config) -> List[str]:
     fields = [name for name in ("energy", "forces") if getattr(w, name) > 0]
     if w.stress > 0:
         fields.append("virial" if "virial" in config.data.keys and "stress" not in config.data.keys else "stress")
+    fields += [name for name, weight in w.outputs.items() if weight > 0]
     return fields
 
 
@@ -35,11 +36,13 @@ def read_splits(config: Config) -> Splits:
     required = required_fields(config)
     for name in required:
         if name not in d.keys:
+            where = f"outputs.{name}" if name in config.training.loss.outputs else ('stress' if name == 'virial' else name)
             raise ConfigError(
-                f"training.loss.{'stress' if name == 'virial' else name} has a positive weight but data.keys "
+                f"training.loss.{where} has a positive weight but data.keys "
                 f"does not say where {name} is stored; add e.g. {name}: {name} to data.keys"
             )
-    kwargs = dict(keys=d.keys, required=required, energy_unit=d.energy_unit, length_unit=d.length_unit)
+    kwargs = dict(keys=d.keys, required=required, energy_unit=d.energy_unit, length_unit=d.length_unit,
+                  fields=output_fields(config.model))
     configs = read_configurations(d.train, **kwargs)
     if d.valid:
         valid = read_configurations(d.valid, **kwargs)

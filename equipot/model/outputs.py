@@ -1,0 +1,104 @@
+"""Typed outputs besides the energy: charges, dipoles, Cartesian tensors, irreps, SE(3) scalars.
+
+:class:`TypedOutputs` reads every declared output from the last layer's node features
+(see :mod:`equipot.fields` for the types). Per-structure values are sums of per-atom
+contributions. Charges obey Σ_i q_i = Q exactly: the excess of the raw per-atom values is
+spread evenly over the atoms of each structure. Dipoles are Σ q_i (r_i − r_c) + Σ μ_i with
+r_c the centre of mass (the choice matters only for charged structures) and are NaN for
+periodic structures, where a dipole is ill-defined.
+"""
+
+from typing import Dict, List
+
+import torch
+from ase.data import atomic_masses
+from e3nn import o3
+from torch import nn
+
+from ..fields import Field
+from ..nn.heads import IrrepsHead, SE3ScalarHead
+
+
+def output_irreps(fields: List[Field], lmax: int) -> o3.Irreps:
+    """The non-0e irreps the last layer must carry for these outputs (0e is always there)."""
+    needed = []
+    for f in fields:
+        for _, ir in o3.Irreps(f.irreps):
+            if ir != o3.Irrep("0e") and ir.l <= lmax and ir not in needed:
+                needed.append(ir)
+    return o3.Irreps([(1, ir) for ir in needed]).sort().irreps.simplify()
+
+
+def sum_over_graphs(values: torch.Tensor, node_graph: torch.Tensor, n_graphs: int) -> torch.Tensor:
+    out = torch.zeros((n_graphs,) + values.shape[1:], dtype=values.dtype, device=values.device)
+    return out.index_add(0, node_graph, values)
+
+
+class TypedOutputs(nn.Module):
+    """Heads for the declared outputs; ``forward`` returns {name: tensor} in data units."""
+
+    def __init__(self, fields: Dict[str, Field], irreps_in: o3.Irreps, hidden: int):
+        super().__init__()
+        self.fields = dict(fields)
+        self.irreps_in = o3.Irreps(irreps_in)
+        self.heads = nn.ModuleDict()
+        self.change_of_basis = {}
+        needs_charges = any(f.kind in ("charges", "dipole") for f in self.fields.values())
+        self.charges = IrrepsHead(self.irreps_in, o3.Irreps("0e"), hidden) if needs_charges else None
+        has_vectors = any(ir == o3.Irrep("1o") for _, ir in self.irreps_in)
+        wants_dipole = any(f.kind == "dipole" for f in self.fields.values())
+        self.atomic_dipoles = o3.Linear(self.irreps_in, o3.Irreps("1o")) if (wants_dipole and has_vectors) else None
+        for name, f in self.fields.items():
+            if f.kind == "se3_scalar":
+                self.heads[name] = SE3ScalarHead(self.irreps_in, hidden)
+            elif f.kind in ("irreps", "cartesian"):
+                self.heads[name] = IrrepsHead(self.irreps_in, o3.Irreps(f.irreps), hidden)
+            if f.kind == "cartesian":
+                tensor = o3.ReducedTensorProducts(f.symmetry, **{i: "1o" for i in set(f.symmetry) - {"="}})
+                # (irreps dim, 3, 3, ...) change of basis; a buffer so it follows dtype and device
+                self.register_buffer(f"basis_{name}", tensor.change_of_basis.clone(), persistent=False)
+        masses = torch.as_tensor(atomic_masses, dtype=torch.float64)
+        self.register_buffer("masses", masses, persistent=False)
+
+    def forward(
+        self,
+        h: torch.Tensor,  # (N, irreps_in.dim) last-layer node features
+        positions: torch.Tensor,  # (N, 3) Å
+        numbers: torch.Tensor,  # (N,) atomic numbers
+        node_graph: torch.Tensor,
+        n_graphs: int,
+        total_charge: torch.Tensor,  # (G,) e
+        periodic: torch.Tensor,  # (G,) bool
+    ) -> Dict[str, torch.Tensor]:
+        out = {}
+        charges = None
+        if self.charges is not None:
+            raw = self.charges(h).squeeze(-1)
+            count = torch.bincount(node_graph, minlength=n_graphs).to(raw.dtype)
+            excess = total_charge.to(raw.dtype) - sum_over_graphs(raw, node_graph, n_graphs)
+            charges = raw + (excess / count.clamp(min=1))[node_graph]
+        for name, f in self.fields.items():
+            if f.kind == "charges":
+                value = charges
+            elif f.kind == "dipole":
+                value = self._dipole(h, charges, positions, numbers, node_graph, n_graphs, periodic)
+            else:
+                value = self.heads[name](h)
+                if f.kind == "cartesian":  # irreps -> Cartesian components
+                    basis = getattr(self, f"basis_{name}")
+                    value = torch.einsum("ni,i...->n...", value, basis.to(value.dtype))
+                if f.level == "graph":
+                    value = sum_over_graphs(value, node_graph, n_graphs)
+                value = value.reshape(value.shape[:1] + f.shape)
+            out[name] = value
+        return out
+
+    def _dipole(self, h, charges, positions, numbers, node_graph, n_graphs, periodic) -> torch.Tensor:
+        mass = self.masses[numbers].to(positions.dtype)
+        total_mass = sum_over_graphs(mass, node_graph, n_graphs)
+        centre = sum_over_graphs(mass[:, None] * positions, node_graph, n_graphs) / total_mass[:, None]
+        local = charges[:, None] * (positions - centre[node_graph])
+        if self.atomic_dipoles is not None:
+            local = local + self.atomic_dipoles(h)  # e3nn (>= 0.5) orders 1o as x, y, z
+        dipole = sum_over_graphs(local, node_graph, n_graphs)
+        return torch.where(periodic[:, None], torch.full_like(dipole, float("nan")), dipole)

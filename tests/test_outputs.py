@@ -1,0 +1,282 @@
+"""Typed outputs (issue 3): charges, dipoles, polarizabilities, pseudoscalars, SE(3) scalars.
+
+Random weights, float64. Every output must transform as its field declares under proper and
+improper rotations, translations and permutations; symmetry then dictates exact zeros and
+sign flips that no training can break.
+"""
+
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import molecule
+
+from equipot.config import ConfigError, ModelConfig, OutputConfig, config_from_dict
+from equipot.data import Configuration, DataError, Statistics, make_batch, read_configurations, to_graph
+from equipot.fields import output_field
+from equipot.model import build_model
+
+from equivariance import check_equivariance, check_potential_equivariance, random_structure, triclinic_cell, Spec
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+R_MAX = 3.0
+SPECIES = [1, 6, 7, 8, 17]
+ALL_OUTPUTS = {
+    "charges": "charges", "dipole": "dipole", "polarizability": "polarizability", "chirality": "0o",
+    "score": "se3_scalar", "vectors": ("1o", "node"), "tensor": "ij", "mixed": "0e+1e+2o",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def float64():
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(dtype)
+
+
+def make_model(outputs, lmax=2, parity="both", seed=0, correlation=3):
+    torch.manual_seed(seed)
+    declared = {k: OutputConfig(*v) if isinstance(v, tuple) else OutputConfig(v) for k, v in outputs.items()}
+    config = ModelConfig(r_max=R_MAX, channels=4, lmax=lmax, parity=parity, correlation=correlation, num_basis=4,
+                         radial_hidden=[8], readout_hidden=4, outputs=declared)
+    stats = Statistics(species=SPECIES, e0={z: 0.0 for z in SPECIES}, energy_shift=0.0, energy_scale=1.0,
+                       avg_num_neighbors=6.0)
+    return build_model(config, stats).double()
+
+
+@pytest.fixture(scope="module")
+def model(float64):
+    return make_model(ALL_OUTPUTS)
+
+
+def outputs(model, config):
+    return {k: v.detach() for k, v in model(to_graph(config, R_MAX)).items()}
+
+
+def from_atoms(atoms, total_charge=0.0):
+    return Configuration(numbers=atoms.numbers, positions=atoms.positions, cell=np.array(atoms.cell),
+                         pbc=atoms.pbc.copy(), total_charge=total_charge)
+
+
+def mirrored(config):
+    """The mirror image (x -> -x) of a structure: its enantiomer if it is chiral."""
+    flip = np.diag([-1.0, 1.0, 1.0])
+    return Configuration(numbers=config.numbers, positions=config.positions @ flip, cell=config.cell @ flip,
+                         pbc=config.pbc, total_charge=config.total_charge)
+
+
+def chiral_molecule():
+    """CHFClBr-like: four different substituents (here H, N, O, Cl) on a tetrahedral carbon."""
+    d = 1.1
+    tet = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]]) / np.sqrt(3)
+    atoms = Atoms("CHNOCl", positions=np.vstack([[0, 0, 0], d * tet * np.array([1.0, 1.3, 1.4, 1.6])[:, None]]))
+    return from_atoms(atoms)
+
+
+# ------------------------------------------------------------------------- equivariance
+@pytest.mark.parametrize("total_charge", [-1.0, 0.0, 1.0])
+def test_every_output_is_equivariant_open(model, total_charge):
+    config = random_structure(np.random.default_rng(5), 8, box=3.4, symbols=SPECIES)
+    config.total_charge = total_charge
+    check_potential_equivariance(model, config, R_MAX, n_elements=4)
+
+
+def test_every_output_is_equivariant_periodic(model):
+    rng = np.random.default_rng(6)
+    config = random_structure(rng, 6, cell=triclinic_cell(rng, length=3.8), symbols=SPECIES)
+    check_potential_equivariance(model, config, R_MAX, n_elements=3)
+
+
+def test_se3_scalar_is_invariant_under_rotations_but_not_reflections(model):
+    config = random_structure(np.random.default_rng(8), 7, box=3.3, symbols=SPECIES)
+    positions = torch.as_tensor(config.positions)
+
+    def score(pos, numbers=config.numbers):
+        moved = Configuration(numbers=numbers, positions=pos.numpy(), cell=config.cell, pbc=config.pbc)
+        return outputs(model, moved)["score"]
+
+    # proper rotations (and translations, permutations): exactly invariant
+    reference = score(positions)
+    rng = torch.Generator().manual_seed(3)
+    from e3nn import o3
+
+    for _ in range(3):
+        R = o3.rand_matrix(dtype=torch.float64)
+        shift = torch.randn(3, generator=rng, dtype=torch.float64)
+        perm = torch.randperm(len(positions), generator=rng)
+        moved = score((positions @ R.T + shift)[perm], config.numbers[perm.numpy()])
+        assert torch.allclose(moved, reference, rtol=1e-10, atol=1e-12)
+    # a reflection changes it: not E(3)-invariant, and not a mere sign flip either
+    reflected = score(positions @ torch.diag(torch.tensor([-1.0, 1.0, 1.0])))
+    assert (reflected - reference).abs().max() > 1e-8 * reference.abs().max()  # float64 noise is ~1e-15
+    assert (reflected + reference).abs().max() > 1e-8 * reference.abs().max()
+
+
+# ------------------------------------------------------------------------- enantiomers
+def enantiomer_pair():
+    if (SHARED_DATA / "xtb" / "chirality" / "train.xyz").is_file():
+        frames = ase.io.read(SHARED_DATA / "xtb" / "chirality" / "train.xyz", ":40")
+        by_pair = {}
+        for a in frames:
+            by_pair.setdefault(a.info["pair_id"], []).append(a)
+        pair = next(p for p in by_pair.values() if len(p) == 2)
+        return [from_atoms(a) for a in pair], True
+    config = chiral_molecule()
+    return [config, mirrored(config)], False
+
+
+def test_enantiomers_equal_energy_mirrored_forces_opposite_pseudoscalar(model):
+    (left, right), from_data = enantiomer_pair()
+    if from_data:  # the data set's partner is a mirror image in some orientation: compare to our own mirror
+        right = mirrored(left)
+    a, b = outputs(model, left), outputs(model, right)
+    flip = torch.diag(torch.tensor([-1.0, 1.0, 1.0]))
+    assert torch.allclose(a["energy"], b["energy"], rtol=1e-10, atol=0)
+    assert torch.allclose(a["forces"] @ flip, b["forces"], rtol=1e-10, atol=1e-12 * a["forces"].abs().max())
+    assert a["chirality"].abs().max() > 1e-8, "a chiral molecule must have a nonzero pseudoscalar"
+    assert torch.allclose(a["chirality"], -b["chirality"], rtol=1e-10, atol=0)
+    assert torch.allclose(a["charges"], b["charges"], rtol=1e-10, atol=1e-14)
+    assert torch.allclose(a["dipole"] @ flip, b["dipole"], rtol=1e-10, atol=1e-14)
+
+
+def test_data_set_enantiomers_have_equal_energy_and_opposite_pseudoscalar(model):
+    path = SHARED_DATA / "xtb" / "chirality" / "train.xyz"
+    if not path.is_file():
+        pytest.skip("shared data not present")
+    (left, right), _ = enantiomer_pair()
+    a, b = outputs(model, left), outputs(model, right)
+    # the file's coordinates are rounded to ~1e-8 Å, so the pair is a mirror image to that precision only
+    assert torch.allclose(a["energy"], b["energy"], rtol=1e-6, atol=0)
+    assert a["chirality"].abs().max() > 1e-6
+    assert torch.allclose(a["chirality"], -b["chirality"], rtol=1e-4, atol=0)
+
+
+# ------------------------------------------------------------------------- selection rules
+def centrosymmetric_molecules():
+    found = {"CO2": molecule("CO2"), "benzene": molecule("C6H6"), "C2H2": molecule("C2H2")}
+    path = SHARED_DATA / "xtb" / "dipoles" / "reference.xyz"
+    if path.is_file():
+        found["dce_anti"] = next(a for a in ase.io.read(path, ":") if a.info.get("molecule") == "dce_anti")
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(centrosymmetric_molecules()))
+def test_centrosymmetric_molecule_has_zero_dipole(name):
+    atoms = centrosymmetric_molecules()[name]
+    model = make_model({"dipole": "dipole", "chirality": "0o"}, lmax=2, seed=1)
+    big = Configuration(numbers=atoms.numbers, positions=atoms.positions + [0.3, -1.2, 2.0], cell=np.zeros((3, 3)),
+                        pbc=np.zeros(3, bool))
+    model.model_config.r_max = R_MAX
+    out = {k: v.detach() for k, v in model(to_graph(big, R_MAX)).items()}
+    assert float(out["dipole"].norm()) < 1e-10
+    assert float(out["chirality"].abs().max()) < 1e-10  # these molecules have mirror planes too
+
+
+@pytest.mark.parametrize("name", ["CH3OH", "H2O", "CH3CHO"])
+def test_pseudoscalar_of_molecule_with_mirror_plane_is_zero(model, name):
+    out = outputs(model, from_atoms(molecule(name)))
+    scale = float(out["energies"].abs().max())
+    assert float(out["chirality"].abs().max()) < 1e-12 * max(scale, 1.0)
+
+
+def test_polar_molecule_has_a_dipole(model):
+    out = outputs(model, from_atoms(molecule("H2O")))
+    assert float(out["dipole"].norm()) > 1e-6
+
+
+# ------------------------------------------------------------------------- charges
+@pytest.mark.parametrize("total_charge", [-1.0, 0.0, 1.0])
+def test_charges_sum_to_the_total_charge(model, total_charge):
+    configs = [random_structure(np.random.default_rng(s), n, box=3.5, symbols=SPECIES) for s, n in ((1, 5), (2, 9))]
+    for k, c in enumerate(configs):
+        c.total_charge = total_charge if k == 0 else -total_charge
+    graph = make_batch(configs, R_MAX)
+    out = model(graph)
+    sums = torch.zeros(2, dtype=torch.float64).index_add(0, graph.node_graph, out["charges"].detach())
+    assert abs(float(sums[0]) - total_charge) < 1e-10 and abs(float(sums[1]) + total_charge) < 1e-10
+
+
+def test_dipole_of_charged_molecule_is_about_the_centre_of_mass():
+    """For Q != 0 the dipole depends on the origin: equipot takes the centre of mass."""
+    model = make_model({"dipole": "dipole"}, lmax=0, parity="natural", seed=4)  # charges only, no atomic dipoles
+    atoms = molecule("H2O")
+    config = from_atoms(atoms, total_charge=1.0)
+    out = outputs(model, config)
+    g = to_graph(config, R_MAX)
+    vec = g.positions[g.edge_src] - g.positions[g.edge_dst]  # an open structure: no image shifts
+    _, features = model.energy_model(model.species_index(g.numbers), vec, g.edge_src, g.edge_dst)
+    raw = model.outputs.charges(features).squeeze(-1).detach()
+    q = raw + (1.0 - raw.sum()) / len(raw)
+    centre = torch.as_tensor(atoms.get_center_of_mass())
+    expected = (q[:, None] * (torch.as_tensor(atoms.positions) - centre)).sum(0)
+    assert torch.allclose(out["dipole"][0], expected, atol=1e-12)
+    shifted = outputs(model, from_atoms(Atoms(atoms.numbers, atoms.positions + 5.0), total_charge=1.0))
+    assert torch.allclose(shifted["dipole"], out["dipole"], atol=1e-10)
+
+
+# ------------------------------------------------------------------------- baselines and config
+def test_invariant_baseline_cannot_tell_enantiomers_apart():
+    model = make_model({"chirality": "0e"}, lmax=0, parity="natural", seed=2)
+    left = chiral_molecule()
+    a, b = outputs(model, left), outputs(model, mirrored(left))
+    assert torch.allclose(a["chirality"], b["chirality"], rtol=1e-12, atol=1e-14)
+    assert torch.allclose(a["energy"], b["energy"], rtol=1e-12, atol=0)
+
+
+def test_dipole_of_invariant_baseline_comes_from_charges_alone():
+    model = make_model({"dipole": "dipole"}, lmax=0, parity="natural")
+    assert model.outputs.atomic_dipoles is None
+    check_potential_equivariance(model, random_structure(np.random.default_rng(9), 6, box=3.2, symbols=SPECIES), R_MAX)
+
+
+@pytest.mark.parametrize("outputs_, lmax, parity, message", [
+    ({"chirality": "0o"}, 2, "natural", "parity: both"),
+    ({"chirality": "0o"}, 0, "both", "lmax >= 1"),
+    ({"polarizability": "polarizability"}, 1, "natural", "lmax >= 2"),
+    ({"x": "spin"}, 1, "natural", "unknown type"),
+    ({"energy": "0e"}, 1, "natural", "reserved"),
+    ({"q": {"type": "charges", "level": "graph"}}, 1, "natural", "per atom"),
+])
+def test_impossible_outputs_fail_when_the_config_is_read(outputs_, lmax, parity, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({"model": {"lmax": lmax, "parity": parity, "outputs": outputs_}}, "test.yaml")
+
+
+def test_loss_on_an_undeclared_output_is_refused():
+    with pytest.raises(ConfigError, match="model.outputs does not declare"):
+        config_from_dict({"training": {"loss": {"outputs": {"dipole": 1.0}}}}, "test.yaml")
+    with pytest.raises(ConfigError, match="data.keys may map"):
+        config_from_dict({"data": {"keys": {"dipole": "dipole"}}}, "test.yaml")
+
+
+def test_short_form_of_output_declaration():
+    config = config_from_dict({"model": {"parity": "both", "outputs": {"mu": "dipole", "chi": {"type": "0o"}}}})
+    assert config.model.outputs["mu"] == OutputConfig("dipole") and config.model.outputs["chi"].type == "0o"
+
+
+def test_dipole_label_on_a_periodic_structure_is_refused(tmp_path):
+    atoms = Atoms("H2O", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]], cell=[5, 5, 5], pbc=True)
+    atoms.info["dipole"] = np.array([0.1, 0.2, 0.3])
+    path = tmp_path / "pbc.xyz"
+    ase.io.write(path, atoms, format="extxyz")
+    fields = {"dipole": output_field("dipole", "dipole")}
+    with pytest.raises(DataError, match=r"frame 0.*'dipole'.*periodic"):
+        read_configurations(str(path), keys={"dipole": "dipole"}, fields=fields)
+
+
+def test_polarizability_read_in_voigt_or_full_form(tmp_path):
+    frames = []
+    for values in ([1, 2, 3, 4, 5, 6], [[1, 6, 5], [6, 2, 4], [5, 4, 3]]):
+        a = molecule("H2O")
+        a.info["alpha"] = np.array(values, dtype=float).reshape(-1)
+        a.info["total_charge"] = -1
+        frames.append(a)
+    ase.io.write(tmp_path / "p.xyz", frames, format="extxyz")
+    fields = {"polarizability": output_field("polarizability", "polarizability")}
+    configs = read_configurations(str(tmp_path / "p.xyz"), keys={"polarizability": "alpha"}, fields=fields)
+    assert np.allclose(configs[0].targets["polarizability"], configs[1].targets["polarizability"])
+    assert configs[0].total_charge == -1.0
