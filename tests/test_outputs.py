@@ -280,3 +280,92 @@ def test_polarizability_read_in_voigt_or_full_form(tmp_path):
     configs = read_configurations(str(tmp_path / "p.xyz"), keys={"polarizability": "alpha"}, fields=fields)
     assert np.allclose(configs[0].targets["polarizability"], configs[1].targets["polarizability"])
     assert configs[0].total_charge == -1.0
+
+
+# ------------------------------------------------------------------------- training and use
+TOY_CHARGE = {1: 0.12, 6: -0.10, 8: -0.35}
+
+
+@pytest.fixture(scope="module")
+def labelled_xyz(tmp_path_factory):
+    """acac structures with toy charges (per element, made neutral) and their dipoles."""
+    demo = Path(__file__).resolve().parents[1] / "equipot" / "demo_data" / "acac_train.xyz"
+    frames = ase.io.read(str(demo), index=":24")
+    for a in frames:
+        q = np.array([TOY_CHARGE[z] for z in a.numbers])
+        q -= q.mean()
+        a.arrays["toy_q"] = q
+        a.info["toy_mu"] = (q[:, None] * (a.positions - a.get_center_of_mass())).sum(0)
+    path = tmp_path_factory.mktemp("outputs_data") / "acac_dipoles.xyz"
+    ase.io.write(str(path), frames, format="extxyz")
+    return path
+
+
+def test_training_with_dipole_and_charges_then_eval_and_calculator(labelled_xyz, tmp_path, io_config_dict):
+    import csv
+    import subprocess
+    import sys
+
+    from equipot import EquipotCalculator
+    from equipot.model import load_model
+    from equipot.train import MODEL, Trainer
+
+    values = io_config_dict("dip", max_epochs=12)
+    values["data"]["train"] = str(labelled_xyz)
+    values["data"]["keys"].update({"dipole": "toy_mu", "charges": "toy_q"})
+    values["model"]["outputs"] = {"dipole": "dipole", "charges": "charges"}
+    values["training"]["loss"] = {"energy": 1.0, "forces": 10.0, "outputs": {"dipole": 10.0, "charges": 10.0}}
+    values["training"]["dtype"] = "float64"
+    result = Trainer(config_from_dict(values), progress=False).run()
+    assert result["epochs"] == 12
+    rows = list(csv.DictReader(open(tmp_path / "dip" / "metrics.csv")))
+    assert {"valid_dipole_mae", "valid_dipole_r2", "valid_charges_rmse"} <= set(rows[0])
+    assert float(rows[-1]["valid_dipole_mae"]) < 0.7 * float(rows[0]["valid_dipole_mae"])
+
+    model_path = tmp_path / "dip" / MODEL
+    frames = ase.io.read(str(labelled_xyz), ":3")
+    calc = EquipotCalculator(str(model_path), dtype="float64")
+    atoms = frames[0].copy()
+    atoms.calc = calc
+    mu, q = atoms.get_dipole_moment(), atoms.get_charges()
+    assert mu.shape == (3,) and abs(q.sum()) < 1e-10
+    atoms.info["total_charge"] = 1
+    calc.reset()
+    assert abs(atoms.get_charges().sum() - 1.0) < 1e-10
+    # the model file rebuilds the same heads
+    model = load_model(str(model_path), dtype=torch.float64)
+    again = model(to_graph(from_atoms(frames[0]), model.model_config.r_max))
+    assert np.allclose(again["dipole"][0].detach().numpy(), mu, atol=1e-12)
+
+    out = tmp_path / "eval"
+    run = subprocess.run(
+        [sys.executable, "-m", "equipot", "eval", str(model_path), str(labelled_xyz), "--key", "dipole=toy_mu",
+         "--key", "charges=toy_q", "--out", str(out), "--json", str(tmp_path / "e.json")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "dipole" in run.stdout and "e·Å" in run.stdout and "charges" in run.stdout
+    import json
+
+    summary = json.loads((tmp_path / "e.json").read_text())
+    assert summary["dipole_r2"] > 0.0 and summary["charges_mae"] < 0.2
+    predicted = ase.io.read(str(out / "acac_dipoles_predictions.xyz"), ":")
+    assert predicted[0].info["pred_dipole"].shape == (3,) and predicted[0].arrays["pred_charges"].shape == (15,)
+    assert (out / "acac_dipoles_parity.png").is_file()
+
+    bad = subprocess.run([sys.executable, "-m", "equipot", "eval", str(model_path), str(labelled_xyz), "--key", "spin=s"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "no output 'spin'" in bad.stderr
+
+
+def test_periodic_structure_gives_no_dipole_through_the_calculator(labelled_xyz, tmp_path):
+    from ase.calculators.calculator import PropertyNotImplementedError
+
+    from equipot import EquipotCalculator
+
+    model = make_model({"dipole": "dipole"}, lmax=1, parity="natural")
+    atoms = Atoms("CHO", positions=[[0, 0, 0], [1.1, 0, 0], [0, 1.2, 0]], cell=[4, 4, 4], pbc=True)
+    atoms.calc = EquipotCalculator(model)
+    atoms.get_potential_energy()
+    with pytest.raises(PropertyNotImplementedError, match="periodic"):
+        atoms.get_dipole_moment()
