@@ -61,3 +61,27 @@ def write_result(name: str, threads: int, records: list, extra: dict | None = No
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(path)
     return path
+
+
+def train_model(config_values: dict, source: str = "benchmark config"):
+    """Train from a config dict; return (model, trainer result, wall-clock seconds)."""
+    import time
+
+    from equipot.config import config_from_dict
+    from equipot.model import load_model
+    from equipot.train import MODEL, Trainer
+
+    config = config_from_dict(config_values, source)
+    start = time.time()
+    result = Trainer(config, progress=False).run(overwrite=True)
+    wall = time.time() - start
+    return load_model(f"{config.output_dir}/{MODEL}"), result, wall
+
+
+def write_frames(path: Path, frames) -> Path:
+    """extxyz, written whole (benchmarks carve their own splits into runs/)."""
+    import ase.io
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ase.io.write(str(path), frames, format="extxyz")
+    return path
