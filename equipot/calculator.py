@@ -44,6 +44,8 @@ class EquipotCalculator(Calculator):
         self.r_max = model.model_config.r_max
         self.fields = self.model.output_fields
         self.implemented_properties = list(EquipotCalculator.implemented_properties) + list(self.fields)
+        if self.model.long_range is not None:
+            self.implemented_properties += ["energy_long_range", "energies_long_range"]
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -77,6 +79,9 @@ class EquipotCalculator(Calculator):
         if periodic:
             stress = out["stress"][0].detach().cpu().double().numpy()
             self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
+        if "energy_long_range" in out:  # the electrostatic part of the energy and its per-atom split
+            self.results["energy_long_range"] = float(out["energy_long_range"][0].detach())
+            self.results["energies_long_range"] = out["energies_long_range"].detach().cpu().double().numpy()
         for name, f in self.fields.items():
             if f.kind == "dipole" and periodic:
                 continue

@@ -44,6 +44,16 @@ class OutputConfig:
 
 
 @dataclass
+class LongRangeConfig:
+    """Electrostatics of learnt charges (see :mod:`equipot.electrostatics`)."""
+
+    method: str = "auto"  # auto (direct for molecules, Ewald, PME for large cells), direct, ewald, pme
+    smearing: float = 1.0  # Å: pairs interact through erf(r / (√2 σ)) / r
+    accuracy: float = 1e-5  # relative accuracy of the reciprocal-space sum
+    pme_min_atoms: int = 2000  # with auto: periodic structures with at least this many atoms use PME
+
+
+@dataclass
 class ModelConfig:
     r_max: float = 5.0  # Å
     num_layers: int = 2
@@ -55,6 +65,7 @@ class ModelConfig:
     radial_hidden: List[int] = field(default_factory=lambda: [64, 64])
     readout_hidden: int = 16
     outputs: Dict[str, OutputConfig] = field(default_factory=dict)  # typed outputs besides the energy
+    long_range: Optional[LongRangeConfig] = None  # electrostatics of learnt charges added to the energy
 
 
 @dataclass
@@ -121,6 +132,9 @@ def _check_type(value: Any, kind: Any, path: str, source: str) -> Any:
     origin = typing.get_origin(kind)
     args = typing.get_args(kind)
     if origin is Union:
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1 and type(None) in args:  # Optional[X]: the error of X is the useful one
+            return None if value is None else _check_type(value, options[0], path, source)
         for option in args:
             try:
                 return _check_type(value, option, path, source)
@@ -170,9 +184,17 @@ def validate_model(m: "ModelConfig", source: str) -> None:
         (all(1 <= h <= 4096 for h in m.radial_hidden), "model.radial_hidden sizes must be between 1 and 4096"),
         (1 <= m.readout_hidden <= 4096, "model.readout_hidden must be between 1 and 4096"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(f"{source}: {message}")
+    lr = m.long_range
+    if lr is not None:
+        checks = [
+            (lr.method in ("auto", "direct", "ewald", "pme"), f"model.long_range.method must be auto, direct, ewald or pme, got {lr.method!r}"),
+            (0.05 <= lr.smearing <= 10.0, "model.long_range.smearing must be between 0.05 and 10 Å"),
+            (1e-12 <= lr.accuracy < 1.0, "model.long_range.accuracy must be in [1e-12, 1)"),
+            (lr.pme_min_atoms >= 1, "model.long_range.pme_min_atoms must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"{source}: {message}")
     output_fields(m, source)
 
 
@@ -200,6 +222,8 @@ def output_fields(m: "ModelConfig", source: str = "<config>") -> Dict[str, Any]:
                     "model.parity: both with model.lmax >= 1 provides"
                 )
         fields[name] = f
+    if m.long_range is not None and not any(f.kind == "charges" for f in fields.values()):
+        fields["charges"] = output_field("charges", "charges")  # the charges of the electrostatics
     return fields
 
 

@@ -5,6 +5,7 @@ import torch
 from ..config import ModelConfig, output_fields
 from ..data.statistics import Statistics
 from .energy_model import EnergyModel
+from ..electrostatics import Electrostatics
 from .outputs import TypedOutputs, output_irreps
 from .potential import Potential
 
@@ -32,6 +33,10 @@ def build_model(config: ModelConfig, stats: Statistics) -> Potential:
         extra_irreps=output_irreps(list(fields.values()), config.lmax),
     )
     outputs = TypedOutputs(fields, energy_model.irreps_features, config.readout_hidden) if fields else None
-    potential = Potential(energy_model, species, outputs)
+    long_range = None
+    if config.long_range is not None:
+        lr = config.long_range
+        long_range = Electrostatics(lr.smearing, lr.method, lr.accuracy, lr.pme_min_atoms)
+    potential = Potential(energy_model, species, outputs, long_range)
     potential.model_config, potential.statistics = config, stats
     return potential

@@ -10,6 +10,7 @@ from ..fields import Field
 from ..geometry import apply_strain, cell_volumes, edge_vectors, symmetric_strain
 from ..graph import AtomicGraph
 from .energy_model import EnergyModel
+from ..electrostatics import Electrostatics
 from .outputs import TypedOutputs
 
 
@@ -24,10 +25,22 @@ class Potential(nn.Module):
     zero for open structures, which have no volume).
     """
 
-    def __init__(self, energy_model: EnergyModel, species: Sequence[int], outputs: Optional[TypedOutputs] = None):
+    def __init__(
+        self,
+        energy_model: EnergyModel,
+        species: Sequence[int],
+        outputs: Optional[TypedOutputs] = None,
+        long_range: Optional[Electrostatics] = None,
+    ):
         super().__init__()
         self.energy_model = energy_model
         self.outputs = outputs
+        self.long_range = long_range
+        if long_range is not None:
+            names = [n for n, f in (outputs.fields if outputs else {}).items() if f.kind == "charges"]
+            if not names:
+                raise ValueError("a long-range model needs a charges output")
+            self.charges_name = names[0]
         self.species = [int(z) for z in species]
         z_to_index = torch.full((119,), -1, dtype=torch.long)
         z_to_index[torch.tensor(self.species)] = torch.arange(len(self.species))
@@ -61,6 +74,19 @@ class Potential(nn.Module):
         pos, cell = apply_strain(positions, graph.cell, strain, graph.node_graph)
         vec = edge_vectors(pos, cell, graph.node_graph, graph.edge_src, graph.edge_dst, graph.edge_shift)
         energies, features = self.energy_model(species, vec, graph.edge_src, graph.edge_dst)
+        extra = {}
+        if self.outputs is not None:
+            extra = self.outputs(
+                features, pos, graph.numbers, graph.node_graph, graph.n_graphs, graph.total_charge,
+                graph.pbc.any(dim=1),
+            )
+        if self.long_range is not None:  # electrostatics of the learnt charges, part of the energy
+            e_long = self.long_range(extra[self.charges_name], pos, cell, graph.pbc, graph.node_graph, graph.n_graphs)
+            e_long = e_long.to(torch.float64)
+            energies = energies + e_long
+            extra["energies_long_range"] = e_long
+            extra["energy_long_range"] = torch.zeros(graph.n_graphs, dtype=e_long.dtype, device=e_long.device).index_add(
+                0, graph.node_graph, e_long)
         energy = torch.zeros(graph.n_graphs, dtype=energies.dtype, device=energies.device)
         energy = energy.index_add(0, graph.node_graph, energies)
         grad_pos, grad_strain = torch.autograd.grad(
@@ -77,11 +103,7 @@ class Potential(nn.Module):
             "virial": -grad_strain,
             "stress": stress,
         }
-        if self.outputs is not None:
-            result.update(self.outputs(
-                features, pos, graph.numbers, graph.node_graph, graph.n_graphs, graph.total_charge,
-                graph.pbc.any(dim=1),
-            ))
+        result.update(extra)
         return result
 
     @property

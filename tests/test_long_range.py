@@ -1,0 +1,231 @@
+"""Long-range electrostatics (issue 4): solvers against closed forms, each other and references;
+the long-range model's derivatives, charge constraint and symmetry. float64 throughout."""
+
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk, molecule
+
+from equipot.config import ConfigError, LongRangeConfig, ModelConfig, config_from_dict
+from equipot.data import Configuration, Statistics, make_batch, to_graph
+from equipot.electrostatics import Electrostatics, LongRangeError
+from equipot.geometry import apply_strain, symmetric_strain
+from equipot.model import build_model
+
+from equivariance import check_potential_equivariance, random_structure, triclinic_cell
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+K_E = 14.399645478425667  # eV Å / e², torch-pme's eV_A
+
+
+@pytest.fixture(scope="module", autouse=True)
+def float64():
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(dtype)
+
+
+def energy(solver, charges, positions, cell, pbc=True):
+    """Total energy of one structure and its gradient wrt positions and strain."""
+    n = len(charges)
+    positions = torch.as_tensor(positions, dtype=torch.float64).clone().requires_grad_(True)
+    cell = torch.as_tensor(np.asarray(cell), dtype=torch.float64).reshape(1, 3, 3)
+    node_graph = torch.zeros(n, dtype=torch.long)
+    displacement, strain = symmetric_strain(1, torch.float64, "cpu")
+    pos, cell = apply_strain(positions, cell, strain, node_graph)
+    e = solver(torch.as_tensor(charges, dtype=torch.float64), pos, cell, torch.full((1, 3), pbc), node_graph, 1).sum()
+    grad_pos, grad_strain = torch.autograd.grad(e, [positions, displacement])
+    return float(e.detach()), -grad_pos.numpy(), -grad_strain[0].numpy()
+
+
+# ------------------------------------------------------------------------- Madelung constants
+CRYSTALS = {  # structure, nearest-neighbour distance factor (× a), Madelung constant per ion pair (nn units)
+    "NaCl": (lambda: bulk("NaCl", "rocksalt", a=5.64, cubic=True), 0.5, 1.747564594633),
+    "CsCl": (lambda: bulk("CsCl", "cesiumchloride", a=4.12), np.sqrt(3) / 2, 1.762674773070),
+    "ZnS": (lambda: bulk("ZnS", "zincblende", a=5.41, cubic=True), np.sqrt(3) / 4, 1.638055053388),
+}
+
+
+@pytest.mark.parametrize("method", ["ewald", "pme"])
+@pytest.mark.parametrize("crystal", sorted(CRYSTALS))
+def test_madelung_constants(crystal, method):
+    make, nn, madelung = CRYSTALS[crystal]
+    atoms = make()
+    a = atoms.cell.lengths()[0]
+    charges = np.where(np.isin(atoms.numbers, [11, 55, 30]), 1.0, -1.0)
+    r0 = nn * a
+    # a smearing well below the nearest-neighbour distance: smeared = point charges to 1e-9
+    solver = Electrostatics(smearing=r0 / 9, method=method, accuracy=1e-10)
+    e, _, _ = energy(solver, charges, atoms.positions, atoms.cell)
+    pairs = len(atoms) / 2
+    assert e / pairs == pytest.approx(-madelung * K_E / r0, rel=2e-6 if method == "pme" else 1e-9)
+
+
+# ------------------------------------------------------------------------- torch-pme reference frames
+def test_torchpme_reference_frames():
+    path = SHARED_DATA / "torchpme-reference-frames" / "coulomb_test_frames.xyz"
+    if not path.is_file():
+        pytest.skip("shared data not present")
+    for atoms in ase.io.read(str(path), ":"):
+        solver = Electrostatics(smearing=0.3, method="ewald", accuracy=1e-7)  # closest pair 1.8 Å: smeared = point
+        e, forces, virial = energy(solver, atoms.get_initial_charges(), atoms.positions, atoms.cell)
+        assert e == pytest.approx(atoms.get_potential_energy(), rel=2e-5)  # as torch-pme tests them
+        assert np.abs(forces - atoms.get_forces()).max() < 1e-3  # the references come from GROMACS PME
+        # the file's "stress" is GROMACS's virial Ξ = −W/2 (eV); W = −∂E/∂ε
+        assert np.allclose(-virial / 2, atoms.get_stress(voigt=False), atol=1e-3)
+
+
+# ------------------------------------------------------------------------- solvers agree
+def test_ewald_tends_to_the_direct_sum_for_a_molecule_in_a_growing_box():
+    mol = molecule("CH3CH2OH")
+    charges = np.array([-0.3, 0.1, 0.2, -0.4, 0.1, 0.1, 0.05, 0.1, 0.05])
+    charges -= charges.mean()
+    direct, _, _ = energy(Electrostatics(1.0, "direct"), charges, mol.positions, np.zeros((3, 3)), pbc=False)
+    mu = (charges[:, None] * mol.positions).sum(0)
+    errors, corrected = [], []
+    for box in (10.0, 20.0, 40.0):
+        e, _, _ = energy(Electrostatics(1.0, "ewald", accuracy=1e-8), charges, mol.positions + box / 2, np.eye(3) * box)
+        errors.append(abs(e - direct))
+        # Ewald's conducting boundary vs vacuum: the dipole term 2π k_e μ² / (3V)
+        corrected.append(abs(e + 2 * np.pi * K_E * (mu @ mu) / (3 * box**3) - direct))
+    # the difference is the interaction with the periodic images, dipolar: it falls as 1/L³
+    assert 6 < errors[0] / errors[1] < 10 and 6 < errors[1] / errors[2] < 10
+    assert corrected[2] < 2e-6 and corrected[2] < 0.02 * errors[2]
+
+
+def random_cell(rng, n=64, length=12.0):
+    positions = rng.uniform(0, length, (n, 3))
+    charges = rng.normal(size=n)
+    charges -= charges.mean()
+    cell = np.eye(3) * length + rng.uniform(-1, 1, (3, 3))
+    return charges, positions, cell
+
+
+def test_ewald_and_pme_agree_within_the_stated_accuracy():
+    charges, positions, cell = random_cell(np.random.default_rng(1))
+    results = {m: energy(Electrostatics(1.0, m, accuracy=1e-5), charges, positions, cell) for m in ("ewald", "pme")}
+    (e1, f1, w1), (e2, f2, w2) = results["ewald"], results["pme"]
+    assert abs(e1 - e2) / len(charges) < 1e-4  # < 0.1 meV/atom
+    assert np.abs(f1 - f2).max() < 1e-3  # < 1 meV/Å
+    assert np.abs(w1 - w2).max() / np.abs(w1).max() < 1e-3
+
+
+def test_auto_picks_pme_for_large_cells_and_agrees_with_ewald():
+    charges, positions, cell = random_cell(np.random.default_rng(2), n=40)
+    auto = Electrostatics(1.0, "auto", pme_min_atoms=30)
+    e_auto, _, _ = energy(auto, charges, positions, cell)
+    e_ewald, _, _ = energy(Electrostatics(1.0, "ewald"), charges, positions, cell)
+    assert abs(e_auto - e_ewald) / len(charges) < 1e-4
+
+
+def test_batched_mixed_open_and_periodic_equals_one_by_one():
+    rng = np.random.default_rng(3)
+    solver = Electrostatics(1.0)
+    structures = []
+    for n, periodic in ((5, False), (7, True), (3, False), (9, True)):
+        q = rng.normal(size=n)
+        cell = np.eye(3) * 6 + rng.uniform(-0.5, 0.5, (3, 3)) if periodic else np.zeros((3, 3))
+        structures.append((q, rng.uniform(0, 6, (n, 3)), cell, periodic))
+    alone = [solver(torch.as_tensor(q), torch.as_tensor(p), torch.as_tensor(c)[None], torch.full((1, 3), per),
+                    torch.zeros(len(q), dtype=torch.long), 1) for q, p, c, per in structures]
+    counts = [len(s[0]) for s in structures]
+    node_graph = torch.repeat_interleave(torch.arange(4), torch.tensor(counts))
+    together = solver(torch.as_tensor(np.concatenate([s[0] for s in structures])),
+                      torch.as_tensor(np.concatenate([s[1] for s in structures])),
+                      torch.as_tensor(np.stack([s[2] for s in structures])),
+                      torch.tensor([[s[3]] * 3 for s in structures]), node_graph, 4)
+    assert torch.allclose(together, torch.cat(alone), rtol=1e-12, atol=1e-12)
+
+
+def test_direct_sum_closed_form():
+    solver = Electrostatics(smearing=0.7, method="direct")
+    from math import erf, sqrt
+
+    for r in (0.5, 3.0, 12.0):
+        e, f, _ = energy(solver, [1.0, -1.0], [[0, 0, 0], [r, 0, 0]], np.zeros((3, 3)), pbc=False)
+        assert e == pytest.approx(-K_E * erf(r / (sqrt(2) * 0.7)) / r, rel=1e-12)
+
+
+def test_solver_errors_are_clear():
+    with pytest.raises(LongRangeError, match="method"):
+        Electrostatics(1.0, "p3m")
+    slab = Electrostatics(1.0)
+    with pytest.raises(LongRangeError, match="slabs"):
+        slab(torch.ones(2), torch.zeros(2, 3), torch.eye(3)[None], torch.tensor([[True, True, False]]),
+             torch.zeros(2, dtype=torch.long), 1)
+    with pytest.raises(LongRangeError, match="periodic"):
+        Electrostatics(1.0, "direct")(torch.ones(2), torch.rand(2, 3), torch.eye(3)[None] * 5,
+                                      torch.ones(1, 3, dtype=bool), torch.zeros(2, dtype=torch.long), 1)
+
+
+# ------------------------------------------------------------------------- the long-range model
+SPECIES = [1, 8, 11, 17]
+
+
+def lr_model(method="auto", seed=0):
+    torch.manual_seed(seed)
+    config = ModelConfig(r_max=3.0, channels=4, lmax=1, num_basis=4, radial_hidden=[8], readout_hidden=4,
+                         correlation=2, long_range=LongRangeConfig(method=method, smearing=1.0, accuracy=1e-8))
+    stats = Statistics(species=SPECIES, e0={z: 0.0 for z in SPECIES}, energy_shift=0.0, energy_scale=1.0,
+                       avg_num_neighbors=5.0)
+    return build_model(config, stats).double()
+
+
+def test_long_range_model_adds_charges_and_the_energy_split():
+    model = lr_model()
+    assert "charges" in model.output_fields
+    config = random_structure(np.random.default_rng(4), 6, box=6.0, symbols=SPECIES)
+    out = model(to_graph(config, 3.0))
+    assert torch.allclose(out["energy"], out["energies"].sum() * torch.ones(1))
+    assert float(out["energy_long_range"].detach().abs()) > 1e-6
+    assert torch.allclose(out["energy_long_range"], out["energies_long_range"].sum() * torch.ones(1))
+
+
+@pytest.mark.parametrize("total_charge", [-1.0, 0.0, 1.0])
+def test_long_range_model_is_equivariant_and_conserves_charge(total_charge):
+    model = lr_model()
+    config = random_structure(np.random.default_rng(5), 7, box=5.0, symbols=SPECIES)
+    config.total_charge = total_charge
+    check_potential_equivariance(model, config, 3.0, n_elements=3)
+    q = model(to_graph(config, 3.0))["charges"].detach()
+    assert abs(float(q.sum()) - total_charge) < 1e-10
+
+
+def test_long_range_model_is_equivariant_periodic():
+    model = lr_model()
+    rng = np.random.default_rng(6)
+    config = random_structure(rng, 6, cell=triclinic_cell(rng, length=4.5), symbols=SPECIES)
+    check_potential_equivariance(model, config, 3.0, n_elements=3)
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_long_range_forces_and_stress_match_finite_differences(periodic):
+    from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
+
+    from equipot import EquipotCalculator
+
+    model = lr_model()
+    rng = np.random.default_rng(7)
+    cell = triclinic_cell(rng, length=4.5) if periodic else None
+    config = random_structure(rng, 6, cell=cell, symbols=SPECIES, box=5.0)
+    atoms = Atoms(numbers=config.numbers, positions=config.positions, cell=config.cell, pbc=periodic)
+    atoms.info["total_charge"] = 1.0
+    atoms.calc = EquipotCalculator(model, dtype="float64")
+    assert abs(atoms.calc.get_property("energy_long_range", atoms)) > 1e-3
+    np.testing.assert_allclose(atoms.get_forces(), calculate_numerical_forces(atoms, eps=1e-4), rtol=0, atol=1e-6)
+    if periodic:
+        np.testing.assert_allclose(atoms.get_stress(), calculate_numerical_stress(atoms, eps=1e-5), rtol=0, atol=1e-7)
+
+
+def test_long_range_config():
+    config = config_from_dict({"model": {"long_range": {"smearing": 0.8}}})
+    assert config.model.long_range.smearing == 0.8 and config.model.long_range.method == "auto"
+    with pytest.raises(ConfigError, match="long_range.method"):
+        config_from_dict({"model": {"long_range": {"method": "fmm"}}})
+    with pytest.raises(ConfigError, match="did you mean 'smearing'"):
+        config_from_dict({"model": {"long_range": {"smear": 0.8}}})
