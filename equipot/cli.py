@@ -52,7 +52,8 @@ def _md(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     result = run_md(args.model, args.structure, args.out, ensemble=args.ensemble, timestep_fs=args.timestep_fs,
-                    temperature_K=args.temperature_K, steps=args.steps, interval=args.interval, dtype=args.dtype)
+                    temperature_K=args.temperature_K, steps=args.steps, interval=args.interval, dtype=args.dtype,
+                    total_charge=args.total_charge)
     print(f"trajectory: {result.trajectory}\nlog: {result.log}")
     if result.energy_drift_meV_per_atom is not None:
         print(f"NVE energy drift: {result.energy_drift_meV_per_atom:.4f} meV/atom "
@@ -101,6 +102,7 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--temperature-K", type=float, default=300.0)
     m.add_argument("--steps", type=int, default=1000)
     m.add_argument("--interval", type=int, default=10, help="steps between trajectory frames")
+    m.add_argument("--total-charge", type=float, help="total charge in e (default: the file's total_charge, else 0)")
     m.add_argument("--dtype", choices=["float32", "float64"])
     m.add_argument("--threads", type=int)
     m.add_argument("--out", default="md")

@@ -44,6 +44,9 @@ def predict(
             }
             for name, f in model.output_fields.items():
                 result[name] = pred[name][a:b] if f.level == "node" else pred[name][g]
+            if "energy_long_range" in pred:  # the electrostatic part of the energy
+                result["energy_long_range"] = float(pred["energy_long_range"][g])
+                result["energies_long_range"] = pred["energies_long_range"][a:b]
             results.append(result)
     return results
 
@@ -58,6 +61,9 @@ def error_table(configs: Sequence[Configuration], preds: Sequence[dict]) -> Dict
             targets["energy"], pred["energy"] = targets["energy"].reshape(1), pred["energy"].reshape(1)
         acc.add_batch(pred, targets, np.array([c.n_atoms]))
     summary = acc.summary()
+    if preds and "energy_long_range" in preds[0]:  # how the predicted energy splits, on average
+        summary["mean_energy_long_range_eV"] = float(np.mean([p["energy_long_range"] for p in preds]))
+        summary["mean_energy_short_range_eV"] = float(np.mean([p["energy"] - p["energy_long_range"] for p in preds]))
     summary["n_structures"] = len(configs)
     summary["n_atoms"] = int(sum(c.n_atoms for c in configs))
     return summary
@@ -72,6 +78,9 @@ def format_table(summary: Dict[str, float], units: Optional[Dict[str, str]] = No
         if f"{name}_mae" in summary:
             r2 = f"{summary[name + '_r2']:>9.4f}" if f"{name}_r2" in summary else " " * 9
             lines.append(f"{name:<18}{summary[name + '_mae']:>12.4g}{summary[name + '_rmse']:>12.4g}{r2}  {unit}")
+    if "mean_energy_long_range_eV" in summary:
+        lines.append(f"mean predicted energy: short range {summary['mean_energy_short_range_eV']:.4f} eV, "
+                     f"long range (electrostatic) {summary['mean_energy_long_range_eV']:.4f} eV")
     lines.append(f"{summary['n_structures']} structures, {summary['n_atoms']} atoms")
     return "\n".join(lines)
 
@@ -95,7 +104,8 @@ def parity_plot(path: str, configs: Sequence[Configuration], preds: Sequence[dic
         ref = np.concatenate([np.asarray(c.targets["stress"]).reshape(-1) for c in configs])
         pred = np.concatenate([p["stress"].reshape(-1) for p in preds])
         panels.append(("stress components (eV/Å³)", ref, pred))
-    for name in sorted({k for p in preds[:1] for k in p} - {"energy", "energies", "forces", "stress", "periodic"}):
+    for name in sorted({k for p in preds[:1] for k in p} - {"energy", "energies", "forces", "stress", "periodic",
+                                                          "energy_long_range", "energies_long_range"}):
         if all(name in c.targets for c in configs):
             ref = np.concatenate([np.asarray(c.targets[name], dtype=float).reshape(-1) for c in configs])
             pred = np.concatenate([np.asarray(p[name], dtype=float).reshape(-1) for p in preds])
@@ -141,6 +151,10 @@ def write_predictions(path: str, configs: Sequence[Configuration], preds: Sequen
         atoms.arrays["energies"] = p["energies"]
         for name, f in (fields or {}).items():
             atoms_field(atoms, f"pred_{name}", np.asarray(p[name]), f.level == "node")
+        if "energy_long_range" in p:
+            atoms.info["pred_energy_long_range"] = p["energy_long_range"]
+            atoms.info["pred_energy_short_range"] = p["energy"] - p["energy_long_range"]
+            atoms.arrays["pred_energies_long_range"] = p["energies_long_range"]
         results = {"energy": p["energy"], "forces": p["forces"]}
         if p["periodic"]:
             results["stress"] = p["stress"]
