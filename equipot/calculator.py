@@ -52,7 +52,7 @@ class EquipotCalculator(Calculator):
         periodic = bool(np.any(self.atoms.pbc))
         if "stress" in properties and not periodic:
             raise PropertyNotImplementedError("stress is defined for periodic structures only")
-        dipoles = [p for p in properties if p in self.fields and self.fields[p].kind == "dipole"]
+        dipoles = [p for p in properties if p in self.fields and self.fields[p].kind in ("dipole", "born_charges")]
         if dipoles and periodic:
             raise PropertyNotImplementedError(f"{dipoles[0]}: a dipole is ill-defined for a periodic structure")
         if self.total_charge is not None:
@@ -83,7 +83,7 @@ class EquipotCalculator(Calculator):
             self.results["energy_long_range"] = float(out["energy_long_range"][0].detach())
             self.results["energies_long_range"] = out["energies_long_range"].detach().cpu().double().numpy()
         for name, f in self.fields.items():
-            if f.kind == "dipole" and periodic:
+            if f.kind in ("dipole", "born_charges") and periodic:
                 continue
             value = out[name].detach().cpu().double().numpy()
             value = value if f.level == "node" else value[0]

@@ -66,6 +66,7 @@ class ModelConfig:
     readout_hidden: int = 16
     outputs: Dict[str, OutputConfig] = field(default_factory=dict)  # typed outputs besides the energy
     long_range: Optional[LongRangeConfig] = None  # electrostatics of learnt charges added to the energy
+    charge_weights: str = "uniform"  # how the excess charge is spread: uniform, or learned positive weights
 
 
 @dataclass
@@ -184,6 +185,8 @@ def validate_model(m: "ModelConfig", source: str) -> None:
         (all(1 <= h <= 4096 for h in m.radial_hidden), "model.radial_hidden sizes must be between 1 and 4096"),
         (1 <= m.readout_hidden <= 4096, "model.readout_hidden must be between 1 and 4096"),
     ]
+    if m.charge_weights not in ("uniform", "learned"):
+        raise ConfigError(f"{source}: model.charge_weights must be 'uniform' or 'learned', got {m.charge_weights!r}")
     lr = m.long_range
     if lr is not None:
         checks = [
@@ -222,6 +225,10 @@ def output_fields(m: "ModelConfig", source: str = "<config>") -> Dict[str, Any]:
                     "model.parity: both with model.lmax >= 1 provides"
                 )
         fields[name] = f
+    dipoles = [n for n, f in fields.items() if f.kind == "dipole"]
+    for name, f in fields.items():
+        if f.kind == "born_charges" and len(dipoles) != 1:
+            raise ConfigError(f"{source}: model.outputs.{name}: Born charges are derivatives of a dipole; declare one dipole output")
     if m.long_range is not None and not any(f.kind == "charges" for f in fields.values()):
         fields["charges"] = output_field("charges", "charges")  # the charges of the electrostatics
     return fields

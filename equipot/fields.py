@@ -14,6 +14,8 @@ into a :class:`Field`. Output types:
 * ``dipole``: Σ q_i (r_i − r_c) + Σ μ_i per structure (1o, e·Å, Cartesian x, y, z), from
   the charges and atomic dipoles; r_c is the centre of mass (irrelevant when neutral);
 * ``polarizability``: a symmetric 3×3 tensor per structure (0e+2e), in the data's unit;
+* ``born_charges``: Born effective charges Z*_i,αβ = ∂μ_α/∂r_iβ per atom (e), the derivative
+  of the model's dipole output (which must be declared too);
 * ``se3_scalar``: a scalar read from both 0e and 0o features: invariant under proper
   rotations, not under reflections (for targets that differ between enantiomers);
 * a Cartesian index formula of e3nn's ``CartesianTensor`` ("i", "ij", "ij=ji", ...):
@@ -78,6 +80,10 @@ def output_field(name: str, type: str, level: Optional[str] = None) -> Field:
         if level == "node":
             raise ValueError(f"output {name!r}: a dipole is per structure (level graph)")
         return Field(name, "graph", (3,), "i", "e·Å", 0, 1, kind="dipole", irreps="0e+1o")
+    if type == "born_charges":
+        if level == "graph":
+            raise ValueError(f"output {name!r}: Born effective charges are per atom (level node)")
+        return Field(name, "node", (3, 3), "ij", "e", 0, 0, kind="born_charges", irreps="")
     if type == "se3_scalar":
         return Field(name, level or "graph", (), "se3", "as in the data", 0, 0, kind="se3_scalar", irreps="0e+0o")
     if type == "polarizability":

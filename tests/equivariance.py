@@ -284,7 +284,7 @@ def output_specs(fields) -> Dict[str, Spec]:
             continue
         if f.kind in ("dipole",) or f.symmetry == "i":
             specs[name] = Spec(CARTESIAN, level)
-        elif f.symmetry in ("ij", "ij=ji"):
+        elif f.symmetry in ("ij", "ij=ji"):  # Cartesian tensors, Born charges
             specs[name] = Spec(RANK2, level)
         elif f.kind == "charges":
             specs[name] = Spec(None, level)
@@ -333,5 +333,5 @@ def check_potential_equivariance(potential, config, cutoff: float, **kwargs) -> 
         "virial": Spec(RANK2),
         "stress": Spec(RANK2, nonzero=periodic),
     }
-    out_specs.update({k: v for k, v in output_specs(fields).items() if not (periodic and fields[k].kind == "dipole")})
+    out_specs.update({k: v for k, v in output_specs(fields).items() if not (periodic and fields[k].kind in ("dipole", "born_charges"))})
     return check_equivariance(fn, inputs, in_specs, out_specs, **kwargs)

@@ -27,15 +27,24 @@ SPECIES = [1, 6, 7, 8, 17]
 ALL_OUTPUTS = {
     "charges": "charges", "dipole": "dipole", "polarizability": "polarizability", "chirality": "0o",
     "score": "se3_scalar", "vectors": ("1o", "node"), "tensor": "ij", "mixed": "0e+1e+2o",
+    "born": "born_charges",
 }
 
 
 @pytest.fixture(scope="module", autouse=True)
 def float64():
-    dtype = torch.get_default_dtype()
+    """float64, without the search for einsum contraction orders (same functions, less time)."""
+    import e3nn
+
+    dtype, optimization = torch.get_default_dtype(), e3nn.get_optimization_defaults()
+    opt_einsum = torch.backends.opt_einsum.enabled
     torch.set_default_dtype(torch.float64)
+    e3nn.set_optimization_defaults(optimize_einsums=False)
+    torch.backends.opt_einsum.enabled = False
     yield
     torch.set_default_dtype(dtype)
+    e3nn.set_optimization_defaults(**optimization)
+    torch.backends.opt_einsum.enabled = opt_einsum
 
 
 def make_model(outputs, lmax=2, parity="both", seed=0, correlation=3):
@@ -369,3 +378,42 @@ def test_periodic_structure_gives_no_dipole_through_the_calculator(labelled_xyz,
     atoms.get_potential_energy()
     with pytest.raises(PropertyNotImplementedError, match="periodic"):
         atoms.get_dipole_moment()
+
+
+@pytest.mark.parametrize("total_charge", [-1.0, 0.0, 1.0])
+def test_learned_charge_weights_keep_the_total_charge_and_symmetry(total_charge):
+    torch.manual_seed(3)
+    config = ModelConfig(r_max=R_MAX, channels=4, lmax=1, num_basis=4, radial_hidden=[8], readout_hidden=4,
+                         correlation=2, outputs={"charges": OutputConfig("charges"), "dipole": OutputConfig("dipole")},
+                         charge_weights="learned")
+    stats = Statistics(species=SPECIES, e0={z: 0.0 for z in SPECIES}, energy_shift=0.0, energy_scale=1.0,
+                       avg_num_neighbors=6.0)
+    model = build_model(config, stats).double()
+    structure = random_structure(np.random.default_rng(12), 7, box=3.4, symbols=SPECIES)
+    structure.total_charge = total_charge
+    q = outputs(model, structure)["charges"]
+    assert abs(float(q.sum()) - total_charge) < 1e-10
+    check_potential_equivariance(model, structure, R_MAX, n_elements=3)
+
+
+def test_born_charges_are_the_derivative_of_the_dipole_and_obey_the_sum_rule(model):
+    """Z*_i = ∂μ/∂r_i by finite differences; translating the molecule leaves μ unchanged when it
+    is neutral, so Σ_i Z*_i = 0 (the acoustic sum rule)."""
+    config = random_structure(np.random.default_rng(21), 6, box=3.3, symbols=SPECIES)
+    born = outputs(model, config)["born"]
+    assert born.shape == (6, 3, 3) and born.abs().max() > 1e-6
+    assert torch.allclose(born.sum(0), torch.zeros(3, 3), atol=1e-10)
+    eps, atom, beta = 1e-5, 2, 1
+    moved = []
+    for sign in (1, -1):
+        p = config.positions.copy()
+        p[atom, beta] += sign * eps
+        c = Configuration(numbers=config.numbers, positions=p, cell=config.cell, pbc=config.pbc)
+        moved.append(outputs(model, c)["dipole"][0])
+    numeric = (moved[0] - moved[1]) / (2 * eps)
+    assert torch.allclose(born[atom, :, beta], numeric, atol=1e-8)
+
+
+def test_born_charges_need_a_dipole():
+    with pytest.raises(ConfigError, match="declare one dipole"):
+        config_from_dict({"model": {"outputs": {"z": "born_charges"}}})

@@ -3,7 +3,8 @@
 :class:`TypedOutputs` reads every declared output from the last layer's node features
 (see :mod:`equipot.fields` for the types). Per-structure values are sums of per-atom
 contributions. Charges obey Σ_i q_i = Q exactly: the excess of the raw per-atom values is
-spread evenly over the atoms of each structure. Dipoles are Σ q_i (r_i − r_c) + Σ μ_i with
+spread over the atoms of each structure, evenly or in proportion to learnt positive weights
+(``charge_weights: learned``). Dipoles are Σ q_i (r_i − r_c) + Σ μ_i with
 r_c the centre of mass (the choice matters only for charged structures) and are NaN for
 periodic structures, where a dipole is ill-defined.
 """
@@ -37,14 +38,18 @@ def sum_over_graphs(values: torch.Tensor, node_graph: torch.Tensor, n_graphs: in
 class TypedOutputs(nn.Module):
     """Heads for the declared outputs; ``forward`` returns {name: tensor} in data units."""
 
-    def __init__(self, fields: Dict[str, Field], irreps_in: o3.Irreps, hidden: int):
+    def __init__(self, fields: Dict[str, Field], irreps_in: o3.Irreps, hidden: int, charge_weights: str = "uniform"):
         super().__init__()
+        if charge_weights not in ("uniform", "learned"):
+            raise ValueError(f"charge_weights must be 'uniform' or 'learned', got {charge_weights!r}")
+        self.learned_weights = charge_weights == "learned"
         self.fields = dict(fields)
         self.irreps_in = o3.Irreps(irreps_in)
         self.heads = nn.ModuleDict()
         self.change_of_basis = {}
         needs_charges = any(f.kind in ("charges", "dipole") for f in self.fields.values())
-        self.charges = IrrepsHead(self.irreps_in, o3.Irreps("0e"), hidden) if needs_charges else None
+        n_charge = 2 if self.learned_weights else 1  # raw charge (and the weight of the excess it takes)
+        self.charges = IrrepsHead(self.irreps_in, o3.Irreps(f"{n_charge}x0e"), hidden) if needs_charges else None
         has_vectors = any(ir == o3.Irrep("1o") for _, ir in self.irreps_in)
         wants_dipole = any(f.kind == "dipole" for f in self.fields.values())
         self.atomic_dipoles = o3.Linear(self.irreps_in, o3.Irreps("1o")) if (wants_dipole and has_vectors) else None
@@ -73,15 +78,22 @@ class TypedOutputs(nn.Module):
         out = {}
         charges = None
         if self.charges is not None:
-            raw = self.charges(h).squeeze(-1)
-            count = torch.bincount(node_graph, minlength=n_graphs).to(raw.dtype)
+            head = self.charges(h)
+            raw = head[:, 0]
+            if self.learned_weights:  # positive weights: atoms that hold charge easily take more of the excess
+                weight = torch.nn.functional.softplus(head[:, 1]) + 1e-3
+            else:
+                weight = torch.ones_like(raw)
             excess = total_charge.to(raw.dtype) - sum_over_graphs(raw, node_graph, n_graphs)
-            charges = raw + (excess / count.clamp(min=1))[node_graph]
+            share = excess / sum_over_graphs(weight, node_graph, n_graphs).clamp(min=1e-12)
+            charges = raw + weight * share[node_graph]
         for name, f in self.fields.items():
             if f.kind == "charges":
                 value = charges
             elif f.kind == "dipole":
                 value = self._dipole(h, charges, positions, numbers, node_graph, n_graphs, periodic)
+            elif f.kind == "born_charges":
+                continue  # derivatives of the dipole: the potential takes them with the forces
             else:
                 value = self.heads[name](h)
                 if f.kind == "cartesian":  # irreps -> Cartesian components

@@ -89,6 +89,7 @@ class Potential(nn.Module):
                 0, graph.node_graph, e_long)
         energy = torch.zeros(graph.n_graphs, dtype=energies.dtype, device=energies.device)
         energy = energy.index_add(0, graph.node_graph, energies)
+        extra.update(self._born_charges(extra, positions, graph.node_graph, training))
         grad_pos, grad_strain = torch.autograd.grad(
             energy.sum(), [positions, displacement], create_graph=training
         )
@@ -105,6 +106,21 @@ class Potential(nn.Module):
         }
         result.update(extra)
         return result
+
+    def _born_charges(self, extra, positions, graph_of_atoms, training) -> Dict[str, torch.Tensor]:
+        """Z*_i,αβ = ∂μ_α/∂r_iβ for born_charges outputs (one backward pass per component α)."""
+        names = [n for n, f in self.output_fields.items() if f.kind == "born_charges"]
+        if not names:
+            return {}
+        dipole = extra[next(n for n, f in self.output_fields.items() if f.kind == "dipole")]
+        rows = [
+            torch.autograd.grad(dipole[:, a].sum(), positions, create_graph=training, retain_graph=True)[0]
+            for a in range(3)
+        ]
+        born = torch.stack(rows, dim=1)  # (N, α, β)
+        periodic = torch.isnan(dipole).any(dim=1)  # no dipole, hence no derivative, for periodic cells
+        born = torch.where(periodic[graph_of_atoms][:, None, None], torch.full_like(born, float("nan")), born)
+        return {name: born for name in names}
 
     @property
     def output_fields(self) -> Dict[str, "Field"]:

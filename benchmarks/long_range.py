@@ -1,0 +1,172 @@
+"""Long range: a local model and the same model with learnt-charge electrostatics, side by side.
+
+    python benchmarks/long_range.py dimers --budget-minutes 15 --threads 1
+    python benchmarks/long_range.py dimers --long-range --budget-minutes 15 --threads 1
+    python benchmarks/long_range.py dimers --compare      # table + plots from the two records
+
+dimers: ../shared/data/xtb/dimers_lr (train 2000 / test 1000): two molecular fragments, ions
+and neutrals, 3-18 Å apart. Energy and force errors are binned by separation (3-5, 5-8, 8-12,
+12-18 Å). Charges are latent: the models see energies and forces only. Same cutoff (5 Å),
+same network; the long-range model adds the electrostatic energy of its charges.
+Writes docs/benchmarks/long_range-dimers-<variant>.json; --compare writes the .md and plots.
+"""
+
+import argparse
+import json
+import sys
+
+import numpy as np
+import torch
+
+from common import DATA, DOCS, REPO, machine, train_model, write_result
+
+from equipot.data import read_configurations
+from equipot.evaluate import predict
+
+BINS = [(3, 5), (5, 8), (8, 12), (12, 18)]
+SETS = {"dimers": {"train": "xtb/dimers_lr/train.xyz", "test": "xtb/dimers_lr/test.xyz", "x": "separation"}}
+
+
+def binned(values, x):
+    out = {}
+    for lo, hi in BINS:
+        m = (x >= lo) & (x < hi)
+        if m.any():
+            out[f"{lo}-{hi}"] = (float(np.sqrt(np.mean(values[m] ** 2))), float(np.mean(np.abs(values[m]))), int(m.sum()))
+    return out
+
+
+def evaluate(model, path, x_key):
+    import ase.io
+
+    configs = read_configurations(str(path), keys={"energy": "energy", "forces": "forces"}, fields=model.output_fields)
+    preds = predict(model, configs)
+    x = np.array([a.info[x_key] for a in ase.io.read(str(path), ":")])
+    e_err = np.array([p["energy"] - float(c.targets["energy"]) for c, p in zip(configs, preds)])
+    f_rmse = np.array([np.sqrt(np.mean((p["forces"] - c.targets["forces"]) ** 2)) for c, p in zip(configs, preds)])
+    pair = [a.info.get("pair", "") for a in ase.io.read(str(path), ":")]
+    e_pred = np.array([p["energy"] for p in preds])
+    e_ref = np.array([float(c.targets["energy"]) for c in configs])
+    return x, e_err, f_rmse, pair, e_pred, e_ref
+
+
+def train_and_record(args):
+    spec = SETS[args.set]
+    variant = "long-range" if args.long_range else "local"
+    out = REPO / "runs" / f"long_range-{args.set}-{variant}"
+    model_cfg = {"r_max": 5.0, "channels": args.channels, "lmax": 1, "parity": "natural", "correlation": 3,
+                 "num_layers": 2}
+    if args.long_range:
+        model_cfg["long_range"] = {"smearing": args.smearing, "method": "auto"}
+    values = {
+        "output_dir": str(out), "seed": 5,
+        "data": {"train": str(DATA / spec["train"]), "valid_fraction": 0.05, "e0s": "fit",
+                 "keys": {"energy": "energy", "forces": "forces"}},
+        "model": model_cfg,
+        "training": {"threads": args.threads, "batch_size": 10, "lr": 0.005, "max_epochs": 100000,
+                     "max_minutes": args.budget_minutes, "patience": 100000, "lr_patience": 5,
+                     "loss": {"energy": 10.0, "forces": 10.0}},
+    }
+    model, result, wall = train_model(values)
+    x, e_err, f_rmse, pair, e_pred, e_ref = evaluate(model, DATA / spec["test"], spec["x"])
+    common = {"model": "equipot", "variant": variant, "dataset": f"{args.set}_lr", "train_wall_s": round(wall),
+              "epochs": result["epochs"], "n_params": sum(p.numel() for p in model.parameters()), "dtype": "float32"}
+    records = []
+    for name, values_ in (("energy", 1000 * e_err), ("forces", 1000 * f_rmse)):
+        unit = "meV" if name == "energy" else "meV/A"
+        for b, (rmse, mae, n) in binned(values_, x).items():
+            records.append({**common, "split": f"test {b} A", "metric": f"{name}_rmse", "value": round(rmse, 3), "unit": unit, "n": n})
+            records.append({**common, "split": f"test {b} A", "metric": f"{name}_mae", "value": round(mae, 3), "unit": unit, "n": n})
+    per_structure = {"separation": x.tolist(), "energy_error_eV": e_err.tolist(), "force_rmse_eV_A": f_rmse.tolist(),
+                     "pair": pair, "energy_pred_eV": e_pred.tolist(), "energy_ref_eV": e_ref.tolist()}
+    path = write_result(f"long_range-{args.set}-{variant}", args.threads, records)
+    (REPO / "runs" / f"long_range-{args.set}-{variant}-per_structure.json").write_text(json.dumps(per_structure))
+    print(json.dumps(records[:8], indent=1))
+    print(f"wrote {path}")
+
+
+def compare(args):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {}
+    for variant in ("local", "long-range"):
+        rec = json.loads((DOCS / f"long_range-{args.set}-{variant}.json").read_text())
+        runs[variant] = rec
+    lines = [f"# Long range, {args.set}: local vs long-range model (same 5 Å cutoff, same network)", "",
+             f"Machine: {runs['local']['machine']['cpu']}, {runs['local']['machine']['threads']} thread(s); "
+             f"test set binned by separation; charges latent (energies and forces only). Commands: "
+             f"`{runs['local']['command']}`, `{runs['long-range']['command']}`", "",
+             "| separation (Å) | structures | E RMSE local (meV) | E RMSE long-range (meV) | ratio | F RMSE local (meV/Å) | F RMSE long-range (meV/Å) |",
+             "|---|---|---|---|---|---|---|"]
+    table = {v: {(r["split"], r["metric"]): r for r in rec["records"]} for v, rec in runs.items()}
+    for lo, hi in BINS:
+        split = f"test {lo}-{hi} A"
+        if (split, "energy_rmse") not in table["local"]:
+            continue
+        el, er = table["local"][(split, "energy_rmse")], table["long-range"][(split, "energy_rmse")]
+        fl, fr = table["local"][(split, "forces_rmse")]["value"], table["long-range"][(split, "forces_rmse")]["value"]
+        lines.append(f"| {lo}–{hi} | {el['n']} | {el['value']:.1f} | {er['value']:.1f} | {el['value'] / er['value']:.1f}× | {fl:.1f} | {fr:.1f} |")
+    for v, rec in runs.items():
+        meta = rec["records"][0]
+        lines.append(f"\n{v}: {meta['epochs']} epochs in {meta['train_wall_s'] / 60:.1f} min, {meta['n_params']} parameters.")
+    lines += ["", f"![binned errors](long_range-{args.set}.png)", "", f"![binding curves](long_range-{args.set}-curves.png)"]
+    (DOCS / f"long_range-{args.set}.md").write_text("\n".join(lines) + "\n")
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for v, marker in (("local", "o"), ("long-range", "s")):
+        ys = [table[v][(f"test {lo}-{hi} A", "energy_rmse")]["value"] for lo, hi in BINS]
+        ax.plot([f"{lo}–{hi}" for lo, hi in BINS], ys, marker=marker, label=v)
+    ax.set_yscale("log")
+    ax.set_xlabel("separation (Å)")
+    ax.set_ylabel("energy RMSE (meV)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(DOCS / f"long_range-{args.set}.png", dpi=110)
+    plt.close(fig)
+
+    per = {v: json.loads((REPO / "runs" / f"long_range-{args.set}-{v}-per_structure.json").read_text()) for v in runs}
+    pairs = {}
+    for p in per["local"]["pair"]:
+        pairs[p] = pairs.get(p, 0) + 1
+    chosen = sorted(pairs, key=lambda p: -pairs[p])[:4]
+    fig, axes = plt.subplots(1, len(chosen), figsize=(4 * len(chosen), 3.4))
+    for ax, name in zip(np.atleast_1d(axes), chosen):
+        for v, style in (("local", "C0o"), ("long-range", "C1s")):
+            d = per[v]
+            m = np.array([p == name for p in d["pair"]])
+            x = np.array(d["separation"])[m]
+            ref = np.array(d["energy_ref_eV"])[m]
+            pred = np.array(d["energy_pred_eV"])[m]
+            far = x.argmax()
+            if v == "local":
+                ax.plot(x, ref - ref[far], "k.", label="xTB")
+            ax.plot(x, pred - ref[far], style, ms=3, alpha=0.7, label=v)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("separation (Å)")
+        ax.set_ylabel("E − E_ref(farthest) (eV)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(DOCS / f"long_range-{args.set}-curves.png", dpi=110)
+    plt.close(fig)
+    print("\n".join(lines))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("set", choices=sorted(SETS))
+    p.add_argument("--long-range", action="store_true")
+    p.add_argument("--compare", action="store_true")
+    p.add_argument("--budget-minutes", type=float, default=15.0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--channels", type=int, default=32)
+    p.add_argument("--smearing", type=float, default=1.0)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    compare(args) if args.compare else train_and_record(args)
+
+
+if __name__ == "__main__":
+    main()
