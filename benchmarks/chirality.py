@@ -41,9 +41,11 @@ def main() -> None:
     p.add_argument("--invariant", action="store_true", help="the invariant baseline (lmax 0, 0e output)")
     p.add_argument("--lmax", type=int, default=1)
     p.add_argument("--channels", type=int, default=16)
+    p.add_argument("--layers", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     variant = "invariant-lmax0" if args.invariant else f"lmax{args.lmax}-both-c{args.channels}"
+    variant += f"-l{args.layers}" if args.layers != 2 else ""
     out = REPO / "runs" / f"chirality-{variant}"
     frames = ase.io.read(str(DATA / "xtb/chirality/train.xyz"), ":")
     split = {name: [a for a in frames if (a.info["molecule"] in TEST) == (name == "test")
@@ -53,7 +55,7 @@ def main() -> None:
         "output_dir": str(out / "train"), "seed": 11,
         "data": {"train": str(files["train"]), "valid": str(files["valid"]), "keys": {"chirality": "chirality"}},
         "model": {"r_max": 5.0, "channels": args.channels, "lmax": 0 if args.invariant else args.lmax,
-                  "parity": "natural" if args.invariant else "both", "correlation": 3, "num_layers": 2,
+                  "parity": "natural" if args.invariant else "both", "correlation": 3, "num_layers": args.layers,
                   "outputs": {"chirality": "0e" if args.invariant else "0o"}},
         "training": {"threads": args.threads, "batch_size": 10, "lr": 0.005, "max_epochs": 100000,
                      "max_minutes": args.budget_minutes, "patience": 100000, "lr_patience": 8,

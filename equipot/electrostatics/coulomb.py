@@ -15,7 +15,7 @@ range separation of 1/r with smearing σ, so one definition serves every solver:
 * ``pme``: torch-pme's ``PMECalculator`` (particle-mesh Ewald) for large cells, one cell at
   a time (its mesh depends on the cell, so it cannot be batched).
 
-``auto`` uses direct for open structures, Ewald for periodic ones up to ``pme_min_atoms``
+``auto`` uses direct for open structures, Ewald for periodic ones below ``pme_min_atoms``
 atoms and PME above. Solver parameters follow from σ and ``accuracy`` (relative error of the
 reciprocal sum), with no tuning run: the Ewald k-space cutoff keeps every k with
 exp(−σ²k²/2) > accuracy/100, the PME mesh spacing is σ/2 with 6-point interpolation.
@@ -59,7 +59,7 @@ def pme_mesh_spacing(smearing: float, accuracy: float) -> float:
 class Electrostatics(nn.Module):
     """Per-atom electrostatic energies (eV) of charges (e) at positions (Å), open or periodic."""
 
-    def __init__(self, smearing: float = 1.0, method: str = "auto", accuracy: float = 1e-5, pme_min_atoms: int = 2000):
+    def __init__(self, smearing: float = 1.0, method: str = "auto", accuracy: float = 1e-5, pme_min_atoms: int = 150):
         super().__init__()
         if method not in METHODS:
             raise LongRangeError(f"long-range method must be one of {', '.join(METHODS)}, got {method!r}")

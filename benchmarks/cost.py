@@ -1,0 +1,150 @@
+"""What the extra physics costs: typed-output heads and long-range electrostatics.
+
+    python benchmarks/cost.py heads --threads 1        # energy-only vs + dipole/charges vs + pseudoscalar
+    python benchmarks/cost.py long-range --threads 1   # local vs long-range model, periodic boxes to 10^4 atoms
+    python benchmarks/cost.py pme --threads 1          # torch-pme time vs N up to 10^5 charges
+
+Untrained models of the same size (timing does not depend on the weights), energy + forces
+(+ the outputs) through the ASE calculator on the acac boxes of speed.py. Run on a quiet machine.
+Writes docs/benchmarks/cost-<kind>.{json,md,png}.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from common import DOCS, REPO, machine, write_result
+
+VARIANTS = {
+    "heads": {
+        "energy only": {},
+        "+ dipole, charges": {"outputs": {"dipole": "dipole", "charges": "charges"}},
+        "both parities, energy only": {"parity": "both"},
+        "both parities + pseudoscalar": {"parity": "both", "outputs": {"chirality": "0o"}},
+    },
+    "long-range": {
+        "local": {},
+        "long range": {"long_range": {"smearing": 1.0}},
+    },
+}
+
+
+def model_file(name: str, extra: dict) -> str:
+    import torch
+
+    from equipot.config import ModelConfig, _from_dict
+    from equipot.data import Statistics
+    from equipot.model import build_model, save_model
+
+    path = REPO / "runs" / "cost" / (name.replace(" ", "_").replace(",", "").replace("+", "plus") + ".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    values = {"r_max": 5.0, "channels": 32, "lmax": 1, "parity": "natural", "correlation": 3, "num_layers": 2, **extra}
+    config = _from_dict(ModelConfig, values, "model", "cost.py")
+    stats = Statistics(species=[1, 6, 8], e0={1: 0.0, 6: 0.0, 8: 0.0}, energy_shift=0.0, energy_scale=1.0,
+                       avg_num_neighbors=19.0)
+    torch.manual_seed(0)
+    save_model(str(path), build_model(config, stats), config, stats)
+    return str(path)
+
+
+def time_models(kind: str, threads: int, sizes, repeats: int):
+    rows, records = [], []
+    for name, extra in VARIANTS[kind].items():
+        path = model_file(name, extra)
+        for n in sizes:
+            cmd = [sys.executable, str(REPO / "benchmarks" / "speed.py"), path, "--one", "--threads", str(threads),
+                   "--dtype", "float32", "--sizes", str(n), "--repeats", str(repeats)]
+            r = json.loads(subprocess.check_output(cmd, text=True).strip().splitlines()[-1])
+            rows.append((name, r))
+            records.append({"model": "equipot", "variant": name, "dataset": "acac-box", "dtype": "float32",
+                            "n_atoms": r["n_atoms"], "metric": "throughput", "value": round(r["us_per_atom"], 2),
+                            "unit": "us/atom/step"})
+            print(f"{name:32s} {r['n_atoms']:6d} atoms {r['us_per_atom']:9.1f} µs/atom", flush=True)
+    write_result(f"cost-{kind}", threads, records)
+    base = {r["n_atoms"]: r["us_per_atom"] for name, r in rows if name == next(iter(VARIANTS[kind]))}
+    md = [f"# Cost of {kind}", "", f"Machine: {machine(threads)['cpu']}, {threads} thread(s), float32; energy + forces "
+          f"(+ outputs) through the ASE calculator; lmax 1, 32 channels, untrained. Command: `python benchmarks/cost.py {kind} --threads {threads}`",
+          "", "| model | atoms | µs/atom/step | relative to the first row |", "|---|---|---|---|"]
+    md += [f"| {name} | {r['n_atoms']} | {r['us_per_atom']:.1f} | {r['us_per_atom'] / base[r['n_atoms']]:.2f}× |" for name, r in rows]
+    (DOCS / f"cost-{kind}.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+def time_pme(threads: int, sizes, repeats: int):
+    import matplotlib
+    import torch
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from equipot.electrostatics import Electrostatics
+
+    torch.set_num_threads(threads)
+    rows, records = [], []
+    for method in ("pme", "ewald"):
+        solver = Electrostatics(1.0, method)
+        for n in sizes:
+            if method == "ewald" and n > 1000:  # its k-space sum grows as N²
+                continue
+            rng = np.random.default_rng(0)
+            length = (n / 0.1) ** (1 / 3)  # 0.1 atoms per Å³, like water
+            pos = torch.tensor(rng.uniform(0, length, (n, 3)), dtype=torch.float32, requires_grad=True)
+            q = torch.tensor(rng.normal(size=n), dtype=torch.float32)
+            q = q - q.mean()
+            cell = torch.eye(3)[None] * length
+            args = (q, cell, torch.ones(1, 3, dtype=torch.bool), torch.zeros(n, dtype=torch.long), 1)
+            times = []
+            for k in range(repeats + 1):
+                t = time.perf_counter()
+                e = solver(q, pos, *args[1:]).sum()
+                torch.autograd.grad(e, pos)
+                if k:
+                    times.append(time.perf_counter() - t)
+            ms = 1000 * float(np.median(times))
+            rows.append((method, n, ms))
+            records.append({"model": f"torch-pme {method}", "variant": "smearing 1 A, accuracy 1e-5", "dataset": "random charges",
+                            "dtype": "float32", "n_atoms": n, "metric": "latency", "value": round(ms, 2), "unit": "ms"})
+            print(f"{method} {n:7d} {ms:10.1f} ms", flush=True)
+    write_result("cost-pme", threads, records)
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for method, marker in (("pme", "o"), ("ewald", "s")):
+        xs = np.array([n for m, n, _ in rows if m == method])
+        ys = np.array([t for m, _, t in rows if m == method])
+        ax.loglog(xs, ys, marker=marker, label=method)
+    xs = np.array([n for m, n, _ in rows if m == "pme"], dtype=float)
+    ref = xs * np.log(xs)
+    ys_pme = np.array([t for m, _, t in rows if m == "pme"])
+    ax.loglog(xs, ref * ys_pme[-1] / ref[-1], "k--", lw=1, label="N log N")
+    ax.set_xlabel("charges")
+    ax.set_ylabel("energy + forces (ms)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(DOCS / "cost-pme.png", dpi=110)
+    plt.close(fig)
+    md = ["# torch-pme time against system size", "", f"Machine: {machine(threads)['cpu']}, {threads} thread(s), float32; "
+          "random neutral charges at 0.1 per Å³, smearing 1 Å, accuracy 1e-5 (equipot's defaults); energy + forces. "
+          f"Command: `python benchmarks/cost.py pme --threads {threads}`", "", "| solver | charges | ms |", "|---|---|---|"]
+    md += [f"| {m} | {n} | {t:.1f} |" for m, n, t in rows] + ["", "![PME scaling](cost-pme.png)"]
+    (DOCS / "cost-pme.md").write_text("\n".join(md) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("kind", choices=["heads", "long-range", "pme"])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--sizes", type=int, nargs="+")
+    args = p.parse_args()
+    if args.kind == "pme":
+        time_pme(args.threads, args.sizes or [1000, 3000, 10000, 30000, 100000], args.repeats)
+    else:
+        default = [960] if args.kind == "heads" else [960, 3840, 9600]
+        time_models(args.kind, args.threads, args.sizes or default, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
