@@ -4,6 +4,8 @@
     python benchmarks/long_range.py dimers --long-range --budget-minutes 15 --threads 1
     python benchmarks/long_range.py dimers --compare      # table + plots from the two records
 
+lode: ../shared/data/lode-dimers, six dimers: binding curves of one model trained on all of them.
+ionic: ../shared/data/xtb/ionic_pbc, periodic cells with stress (20 % held out).
 dimers: ../shared/data/xtb/dimers_lr (train 2000 / test 1000): two molecular fragments, ions
 and neutrals, 3-18 Å apart. Energy and force errors are binned by separation (3-5, 5-8, 8-12,
 12-18 Å). Charges are latent: the models see energies and forces only. Same cutoff (5 Å),
@@ -28,11 +30,32 @@ SETS = {
     "dimers": {"train": "xtb/dimers_lr/train.xyz", "test": "xtb/dimers_lr/test.xyz", "x": "separation", "stress": 0.0},
     # periodic alkali-halide cells: no test file, so a seeded 20 % of the structures is held out
     "ionic": {"train": "xtb/ionic_pbc/train.xyz", "test": None, "x": None, "stress": 100.0},
+    # six dimers (charged / polar / apolar), 10 train + 3 test frames each, 4-15 Å apart; stored as
+    # isolated dimers in 30 Å periodic boxes: used here as the open molecules they stand for
+    "lode": {"train": "lode-dimers/train-id*.xyz", "test": "lode-dimers/test-id*.xyz", "x": "distance", "stress": 0.0,
+             "group": "label"},
 }
+
+
+def lode_file(pattern, out):
+    """All dimers of ``pattern`` in one file: open boundaries, total charge = chargeA + chargeB."""
+    import ase.io
+
+    from common import write_frames
+
+    frames = []
+    for path in sorted(DATA.glob(pattern)):
+        for a in ase.io.read(str(path), ":"):
+            a.pbc, a.cell = False, None
+            a.info["total_charge"] = int(a.info["chargeA"]) + int(a.info["chargeB"])
+            frames.append(a)
+    return write_frames(out / pattern.split("/")[-1].replace("-id*", ""), frames)
 
 
 def split_files(spec, out):
     """(train, test) paths; carve a test split when the set has no test file."""
+    if "*" in spec["train"]:
+        return lode_file(spec["train"], out), lode_file(spec["test"], out)
     if spec["test"]:
         return DATA / spec["train"], DATA / spec["test"]
     import ase.io
@@ -56,7 +79,7 @@ def binned(values, x):
     return out
 
 
-def evaluate(model, path, x_key):
+def evaluate(model, path, x_key, group_key="pair"):
     import ase.io
 
     configs = read_configurations(str(path), keys={"energy": "energy", "forces": "forces"}, fields=model.output_fields)
@@ -65,7 +88,7 @@ def evaluate(model, path, x_key):
     x = np.array([a.info[x_key] if x_key else 10.0 for a in frames])  # no separation: one bin
     e_err = np.array([p["energy"] - float(c.targets["energy"]) for c, p in zip(configs, preds)])
     f_rmse = np.array([np.sqrt(np.mean((p["forces"] - c.targets["forces"]) ** 2)) for c, p in zip(configs, preds)])
-    pair = [a.info.get("pair", "") for a in ase.io.read(str(path), ":")]
+    pair = [str(a.info.get(group_key, "")) for a in frames]
     e_pred = np.array([p["energy"] for p in preds])
     e_ref = np.array([float(c.targets["energy"]) for c in configs])
     return x, e_err, f_rmse, pair, e_pred, e_ref
@@ -90,7 +113,16 @@ def train_and_record(args):
                      "loss": {"energy": 10.0, "forces": 10.0, "stress": spec["stress"]}},
     }
     model, result, wall = train_model(values)
-    x, e_err, f_rmse, pair, e_pred, e_ref = evaluate(model, test_path, spec["x"])
+    x, e_err, f_rmse, pair, e_pred, e_ref = evaluate(model, test_path, spec["x"], spec.get("group", "pair"))
+    if spec.get("group"):  # binding curves over every frame of each dimer, training frames included
+        import ase.io
+
+        from common import write_frames
+
+        both = write_frames(out.parent / f"long_range-{args.set}-data" / "all.xyz",
+                            ase.io.read(str(train_path), ":") + ase.io.read(str(test_path), ":"))
+        _, _, _, pair_all, e_pred_all, e_ref_all = evaluate(model, both, spec["x"], spec["group"])
+        x_all = np.array([a.info[spec["x"]] for a in ase.io.read(str(both), ":")])
     common = {"model": "equipot", "variant": variant, "dataset": f"{args.set}_lr", "train_wall_s": round(wall),
               "epochs": result["epochs"], "n_params": sum(p.numel() for p in model.parameters()), "dtype": "float32"}
     records = []
@@ -101,6 +133,9 @@ def train_and_record(args):
             records.append({**common, "split": f"test {b} A", "metric": f"{name}_mae", "value": round(mae, 3), "unit": unit, "n": n})
     per_structure = {"separation": x.tolist(), "energy_error_eV": e_err.tolist(), "force_rmse_eV_A": f_rmse.tolist(),
                      "pair": pair, "energy_pred_eV": e_pred.tolist(), "energy_ref_eV": e_ref.tolist()}
+    if spec.get("group"):
+        per_structure.update({"separation": x_all.tolist(), "pair": pair_all, "energy_pred_eV": e_pred_all.tolist(),
+                              "energy_ref_eV": e_ref_all.tolist()})
     if not spec["x"]:  # periodic cells: overall errors, stress included
         from equipot.evaluate import evaluate_file
 
@@ -167,7 +202,7 @@ def compare(args):
     pairs = {}
     for p in per["local"]["pair"]:
         pairs[p] = pairs.get(p, 0) + 1
-    chosen = sorted(pairs, key=lambda p: -pairs[p])[:4]
+    chosen = sorted(pairs, key=lambda p: -pairs[p])[:4] if args.set == "dimers" else sorted(pairs)
     fig, axes = plt.subplots(1, len(chosen), figsize=(4 * len(chosen), 3.4))
     for ax, name in zip(np.atleast_1d(axes), chosen):
         for v, style in (("local", "C0o"), ("long-range", "C1s")):
@@ -178,8 +213,14 @@ def compare(args):
             pred = np.array(d["energy_pred_eV"])[m]
             far = x.argmax()
             if v == "local":
-                ax.plot(x, ref - ref[far], "k.", label="xTB")
-            ax.plot(x, pred - ref[far], style, ms=3, alpha=0.7, label=v)
+                order = np.argsort(x)
+                ax.plot(x[order], ref[order] - ref[far], "k.-" if args.set != "dimers" else "k.",
+                        label="xTB" if args.set == "dimers" else "DFT")
+            if args.set == "dimers":
+                ax.plot(x, pred - ref[far], style, ms=3, alpha=0.7, label=v)
+            else:  # each curve relative to its own value at the largest separation
+                order = np.argsort(x)
+                ax.plot(x[order], pred[order] - pred[far], style + "-", ms=3, alpha=0.8, label=v)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("separation (Å)")
         ax.set_ylabel("E − E_ref(farthest) (eV)")

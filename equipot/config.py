@@ -189,15 +189,15 @@ def validate_model(m: "ModelConfig", source: str) -> None:
         raise ConfigError(f"{source}: model.charge_weights must be 'uniform' or 'learned', got {m.charge_weights!r}")
     lr = m.long_range
     if lr is not None:
-        checks = [
+        checks += [
             (lr.method in ("auto", "direct", "ewald", "pme"), f"model.long_range.method must be auto, direct, ewald or pme, got {lr.method!r}"),
             (0.05 <= lr.smearing <= 10.0, "model.long_range.smearing must be between 0.05 and 10 Å"),
             (1e-12 <= lr.accuracy < 1.0, "model.long_range.accuracy must be in [1e-12, 1)"),
             (lr.pme_min_atoms >= 1, "model.long_range.pme_min_atoms must be positive"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(f"{source}: {message}")
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(f"{source}: {message}")
     output_fields(m, source)
 
 
