@@ -187,9 +187,10 @@ def compare(args):
     (DOCS / f"long_range-{args.set}.md").write_text("\n".join(lines) + "\n")
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
+    present = [(lo, hi) for lo, hi in BINS if (f"test {lo}-{hi} A", "energy_rmse") in table["local"]]
     for v, marker in (("local", "o"), ("long-range", "s")):
-        ys = [table[v][(f"test {lo}-{hi} A", "energy_rmse")]["value"] for lo, hi in BINS]
-        ax.plot([f"{lo}–{hi}" for lo, hi in BINS], ys, marker=marker, label=v)
+        ys = [table[v][(f"test {lo}-{hi} A", "energy_rmse")]["value"] for lo, hi in present]
+        ax.plot([f"{lo}–{hi}" for lo, hi in present], ys, marker=marker, label=v)
     ax.set_yscale("log")
     ax.set_xlabel("separation (Å)")
     ax.set_ylabel("energy RMSE (meV)")
