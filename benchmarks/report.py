@@ -71,12 +71,20 @@ def speed_section() -> list:
     return out
 
 
-def simple_section(name: str) -> list:
+def simple_section(name: str, deeper: str = "#") -> list:
     path = DOCS / f"{name}.md"
     if not path.exists():
         return []
-    lines = path.read_text().splitlines()
-    return ["#" + lines[0]] + lines[1:] + [""]
+    lines = path.read_text().replace("](", "](benchmarks/").replace("](benchmarks/http", "](http").splitlines()
+    return [deeper + lines[0]] + lines[1:] + [""]
+
+
+def sections(prefix: str) -> list:
+    """Every docs/benchmarks/<prefix>*.md, one section each."""
+    out = []
+    for path in sorted(DOCS.glob(f"{prefix}*.md")):
+        out += simple_section(path.stem, "##")
+    return out
 
 
 def main() -> None:
@@ -89,6 +97,10 @@ def main() -> None:
               "neighbour list included; `python benchmarks/speed.py MODEL --threads T --dtype D`.", ""]
     lines += speed_section()
     lines += simple_section("nve_drift") + simple_section("data_memory")
+    lines += ["## Typed outputs (issue 3)", ""] + sections("dipoles-") + sections("chirality-")
+    lines += ["## Long-range electrostatics (issue 4)", ""] + [x for name in ("dimers", "ionic", "lode")
+                                                           for x in simple_section(f"long_range-{name}", "##")]
+    lines += ["## What the extra physics costs", ""] + sections("cost-")
     (REPO / "docs" / "benchmarks.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
