@@ -204,8 +204,10 @@ def compare(args):
     for p in per["local"]["pair"]:
         pairs[p] = pairs.get(p, 0) + 1
     chosen = sorted(pairs, key=lambda p: -pairs[p])[:4] if args.set == "dimers" else sorted(pairs)
-    fig, axes = plt.subplots(1, len(chosen), figsize=(4 * len(chosen), 3.4))
-    for ax, name in zip(np.atleast_1d(axes), chosen):
+    ncols = min(3, len(chosen))
+    nrows = int(np.ceil(len(chosen) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.2 * nrows), squeeze=False)
+    for ax, name in zip(axes.flat, chosen):
         for v, style in (("local", "C0o"), ("long-range", "C1s")):
             d = per[v]
             m = np.array([p == name for p in d["pair"]])
