@@ -237,3 +237,20 @@ def test_long_range_config():
         config_from_dict({"model": {"long_range": {"method": "fmm"}}})
     with pytest.raises(ConfigError, match="did you mean 'smearing'"):
         config_from_dict({"model": {"long_range": {"smear": 0.8}}})
+
+
+def test_long_range_model_file_round_trip(tmp_path):
+    from equipot.model import load_model, save_model
+
+    model = lr_model(seed=3)
+    rng = np.random.default_rng(8)
+    structures = [random_structure(rng, 6, box=5.0, symbols=SPECIES),
+                  random_structure(rng, 5, cell=triclinic_cell(rng, length=4.5), symbols=SPECIES)]
+    path = str(tmp_path / "lr.safetensors")
+    save_model(path, model, model.model_config, model.statistics)
+    again = load_model(path, dtype=torch.float64)
+    assert again.model_config.long_range == model.model_config.long_range
+    graph = make_batch(structures, 3.0)
+    a, b = model(graph), again(graph)
+    for key in ("energy", "forces", "stress", "charges", "energy_long_range"):
+        assert torch.allclose(a[key], b[key], rtol=1e-12, atol=1e-12), key
