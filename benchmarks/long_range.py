@@ -97,20 +97,28 @@ def evaluate(model, path, x_key, group_key="pair"):
 def train_and_record(args):
     spec = SETS[args.set]
     variant = "long-range" if args.long_range else "local"
+    if args.supervise_charges:
+        variant += "-charges"
     out = REPO / "runs" / f"long_range-{args.set}-{variant}"
     train_path, test_path = split_files(spec, out.parent / f"long_range-{args.set}-data")
     model_cfg = {"r_max": 5.0, "channels": args.channels, "lmax": 1, "parity": "natural", "correlation": 3,
                  "num_layers": 2}
     if args.long_range:
         model_cfg["long_range"] = {"smearing": args.smearing, "method": "auto"}
+    keys = {"energy": "energy", "forces": "forces", **({"stress": "stress"} if spec["stress"] else {})}
+    outputs_loss = {}
+    if args.supervise_charges:  # the reference (xTB Mulliken) charges as a third loss term
+        model_cfg["outputs"] = {"charges": "charges"}
+        keys["charges"] = "charges"
+        outputs_loss = {"charges": 10.0}
     values = {
         "output_dir": str(out), "seed": 5,
         "data": {"train": str(train_path), "valid_fraction": 0.05 if spec["test"] else 0.1, "e0s": "fit",
-                 "keys": {"energy": "energy", "forces": "forces", **({"stress": "stress"} if spec["stress"] else {})}},
+                 "keys": keys},
         "model": model_cfg,
         "training": {"threads": args.threads, "batch_size": 10, "lr": 0.005, "max_epochs": 100000,
                      "max_minutes": args.budget_minutes, "patience": 100000, "lr_patience": 5,
-                     "loss": {"energy": 10.0, "forces": 10.0, "stress": spec["stress"]}},
+                     "loss": {"energy": 10.0, "forces": 10.0, "stress": spec["stress"], "outputs": outputs_loss}},
     }
     model, result, wall = train_model(values)
     x, e_err, f_rmse, pair, e_pred, e_ref = evaluate(model, test_path, spec["x"], spec.get("group", "pair"))
@@ -156,9 +164,10 @@ def compare(args):
     import matplotlib.pyplot as plt
 
     runs = {}
-    for variant in ("local", "long-range"):
-        rec = json.loads((DOCS / f"long_range-{args.set}-{variant}.json").read_text())
-        runs[variant] = rec
+    for variant in ("local", "long-range", "long-range-charges"):
+        path = DOCS / f"long_range-{args.set}-{variant}.json"
+        if path.exists() or variant != "long-range-charges":
+            runs[variant] = json.loads(path.read_text())
     lines = [f"# Long range, {args.set}: local vs long-range model (same 5 Å cutoff, same network)", "",
              f"Machine: {runs['local']['machine']['cpu']}, {runs['local']['machine']['threads']} thread(s); "
              f"test set binned by separation; charges latent (energies and forces only). Commands: "
@@ -180,15 +189,28 @@ def compare(args):
         el, er = table["local"][(split, "energy_rmse")], table["long-range"][(split, "energy_rmse")]
         fl, fr = table["local"][(split, "forces_rmse")]["value"], table["long-range"][(split, "forces_rmse")]["value"]
         lines.append(f"| {lo}–{hi} | {el['n']} | {el['value']:.1f} | {er['value']:.1f} | {el['value'] / er['value']:.1f}× | {fl:.1f} | {fr:.1f} |")
+    if "long-range-charges" in table:
+        lines += ["", "With the reference charges as a third loss term (`--supervise-charges`, weight 10):", "",
+                  "| separation (Å) | E RMSE local (meV) | E RMSE long-range + charges (meV) | ratio | F RMSE (meV/Å) |", "|---|---|---|---|---|"]
+        for lo, hi in BINS:
+            split = f"test {lo}-{hi} A"
+            if (split, "energy_rmse") in table["long-range-charges"]:
+                el, ec = table["local"][(split, "energy_rmse")]["value"], table["long-range-charges"][(split, "energy_rmse")]["value"]
+                fc = table["long-range-charges"][(split, "forces_rmse")]["value"]
+                lines.append(f"| {lo}–{hi} | {el:.1f} | {ec:.1f} | {el / ec:.1f}× | {fc:.1f} |")
     for v, rec in runs.items():
         meta = rec["records"][0]
+        if not SETS[args.set]["x"] and v == "long-range-charges":
+            continue
         lines.append(f"\n{v}: {meta['epochs']} epochs in {meta['train_wall_s'] / 60:.1f} min, {meta['n_params']} parameters.")
     lines += ["", f"![binned errors](long_range-{args.set}.png)", "", f"![binding curves](long_range-{args.set}-curves.png)"]
     (DOCS / f"long_range-{args.set}.md").write_text("\n".join(lines) + "\n")
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     present = [(lo, hi) for lo, hi in BINS if (f"test {lo}-{hi} A", "energy_rmse") in table["local"]]
-    for v, marker in (("local", "o"), ("long-range", "s")):
+    for v, marker in (("local", "o"), ("long-range", "s"), ("long-range-charges", "^")):
+        if v not in table:
+            continue
         ys = [table[v][(f"test {lo}-{hi} A", "energy_rmse")]["value"] for lo, hi in present]
         ax.plot([f"{lo}–{hi}" for lo, hi in present], ys, marker=marker, label=v)
     ax.set_yscale("log")
@@ -208,7 +230,9 @@ def compare(args):
     nrows = int(np.ceil(len(chosen) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.2 * nrows), squeeze=False)
     for ax, name in zip(axes.flat, chosen):
-        for v, style in (("local", "C0o"), ("long-range", "C1s")):
+        for v, style in (("local", "C0o"), ("long-range", "C1s"), ("long-range-charges", "C2^")):
+            if v not in per:
+                continue
             d = per[v]
             m = np.array([p == name for p in d["pair"]])
             x = np.array(d["separation"])[m]
@@ -239,6 +263,7 @@ def main() -> None:
     p.add_argument("set", choices=sorted(SETS))
     p.add_argument("--long-range", action="store_true")
     p.add_argument("--compare", action="store_true")
+    p.add_argument("--supervise-charges", action="store_true", help="also fit the data's reference charges")
     p.add_argument("--budget-minutes", type=float, default=15.0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--channels", type=int, default=32)
