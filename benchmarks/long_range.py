@@ -226,7 +226,7 @@ def compare(args):
     for p in per["local"]["pair"]:
         pairs[p] = pairs.get(p, 0) + 1
     chosen = sorted(pairs, key=lambda p: -pairs[p])[:4] if args.set == "dimers" else sorted(pairs)
-    ncols = min(3, len(chosen))
+    ncols = 2 if len(chosen) == 4 else min(3, len(chosen))
     nrows = int(np.ceil(len(chosen) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.2 * nrows), squeeze=False)
     for ax, name in zip(axes.flat, chosen):
@@ -252,6 +252,8 @@ def compare(args):
         ax.set_xlabel("separation (Å)")
         ax.set_ylabel("E − E_ref(farthest) (eV)")
         ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(chosen):]:
+        ax.set_visible(False)
     fig.tight_layout()
     fig.savefig(DOCS / f"long_range-{args.set}-curves.png", dpi=110)
     plt.close(fig)
