@@ -170,7 +170,8 @@ def compare(args):
             runs[variant] = json.loads(path.read_text())
     lines = [f"# Long range, {args.set}: local vs long-range model (same 5 Å cutoff, same network)", "",
              f"Machine: {runs['local']['machine']['cpu']}, {runs['local']['machine']['threads']} thread(s); "
-             f"test set binned by separation; charges latent (energies and forces only). Commands: "
+             + ("test set binned by separation; " if SETS[args.set]["x"] else "a seeded 20 % of the cells held out as the test set; ")
+             + f"charges latent (energies and forces only) unless stated. Commands: "
              f"`{runs['local']['command']}`, `{runs['long-range']['command']}`", "",
              "| separation (Å) | structures | E RMSE local (meV) | E RMSE long-range (meV) | ratio | F RMSE local (meV/Å) | F RMSE long-range (meV/Å) |",
              "|---|---|---|---|---|---|---|"]
@@ -179,6 +180,9 @@ def compare(args):
         lines = lines[:4] + ["| metric | local | long-range |", "|---|---|---|"]
         for (split, metric), r in table["local"].items():
             lines.append(f"| {metric} ({r['unit']}) | {r['value']:.2f} | {table['long-range'][(split, metric)]['value']:.2f} |")
+        lines.append("")
+        lines += [f"{v}: {rec['records'][0]['epochs']} epochs in {rec['records'][0]['train_wall_s'] / 60:.1f} min."
+                  for v, rec in runs.items()]
         (DOCS / f"long_range-{args.set}.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
         return
