@@ -142,7 +142,7 @@ def main() -> None:
     if args.kind == "pme":
         time_pme(args.threads, args.sizes or [1000, 3000, 10000, 30000, 100000], args.repeats)
     else:
-        default = [960] if args.kind == "heads" else [960, 3840, 9600]
+        default = [960] if args.kind == "heads" else [960, 7680]
         time_models(args.kind, args.threads, args.sizes or default, args.repeats)
 
 
