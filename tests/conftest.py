@@ -72,3 +72,22 @@ def io_tiny_model(tmp_path_factory, io_small_xyz):
     path = tmp_path_factory.mktemp("io_model") / "model.safetensors"
     save_model(str(path), model, config, stats)
     return path
+
+
+@_io_pytest.fixture(scope="module")
+def float64_without_einsum_search():
+    """float64 default dtype for a module, without the search for einsum contraction orders
+    (e3nn's and torch's: they only reorder contractions, the same functions, and cost most
+    of the time on tiny test models)."""
+    import e3nn
+    import torch
+
+    dtype, optimization = torch.get_default_dtype(), e3nn.get_optimization_defaults()
+    opt_einsum = torch.backends.opt_einsum.enabled
+    torch.set_default_dtype(torch.float64)
+    e3nn.set_optimization_defaults(optimize_einsums=False)
+    torch.backends.opt_einsum.enabled = False
+    yield
+    torch.set_default_dtype(dtype)
+    e3nn.set_optimization_defaults(**optimization)
+    torch.backends.opt_einsum.enabled = opt_einsum

@@ -32,19 +32,8 @@ ALL_OUTPUTS = {
 
 
 @pytest.fixture(scope="module", autouse=True)
-def float64():
-    """float64, without the search for einsum contraction orders (same functions, less time)."""
-    import e3nn
-
-    dtype, optimization = torch.get_default_dtype(), e3nn.get_optimization_defaults()
-    opt_einsum = torch.backends.opt_einsum.enabled
-    torch.set_default_dtype(torch.float64)
-    e3nn.set_optimization_defaults(optimize_einsums=False)
-    torch.backends.opt_einsum.enabled = False
+def float64(float64_without_einsum_search):
     yield
-    torch.set_default_dtype(dtype)
-    e3nn.set_optimization_defaults(**optimization)
-    torch.backends.opt_einsum.enabled = opt_einsum
 
 
 def make_model(outputs, lmax=2, parity="both", seed=0, correlation=3):
