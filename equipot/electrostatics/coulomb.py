@@ -126,7 +126,7 @@ class Electrostatics(nn.Module):
         out = out.index_add(0, i, 0.5 * v * charges[j])
         return out.index_add(0, j, 0.5 * v * charges[i])
 
-    def _pad(self, values, node_graph, counts, graphs) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _pad(self, values, counts, graphs) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, n_max, ...) padded values of the chosen structures, the mask and the atom index."""
         starts = torch.cumsum(counts, 0) - counts
         n_max = int(counts[graphs].max())
@@ -138,8 +138,8 @@ class Electrostatics(nn.Module):
         return padded, mask, index
 
     def _ewald(self, charges, positions, cell, node_graph, counts, graphs) -> torch.Tensor:
-        q, mask, index = self._pad(charges, node_graph, counts, graphs)
-        pos, _, _ = self._pad(positions, node_graph, counts, graphs)
+        q, mask, index = self._pad(charges, counts, graphs)
+        pos, _, _ = self._pad(positions, counts, graphs)
         cells = cell[graphs]
         kvectors = compute_batched_kvectors(self.wavelength, cells)
         empty_idx = torch.zeros((len(graphs), 0, 2), dtype=torch.long, device=charges.device)

@@ -46,7 +46,6 @@ class TypedOutputs(nn.Module):
         self.fields = dict(fields)
         self.irreps_in = o3.Irreps(irreps_in)
         self.heads = nn.ModuleDict()
-        self.change_of_basis = {}
         needs_charges = any(f.kind in ("charges", "dipole") for f in self.fields.values())
         n_charge = 2 if self.learned_weights else 1  # raw charge (and the weight of the excess it takes)
         self.charges = IrrepsHead(self.irreps_in, o3.Irreps(f"{n_charge}x0e"), hidden) if needs_charges else None
