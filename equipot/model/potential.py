@@ -22,7 +22,10 @@ class Potential(nn.Module):
     """Wraps an :class:`EnergyModel`; returns energy, per-atom energies, forces, virial, stress.
 
     Output units: energy and energies eV, forces eV/Å, virial eV, stress eV/Å³ (ASE sign;
-    zero for open structures, which have no volume).
+    zero for open structures, which have no volume). With ``outputs``, every typed output
+    (:mod:`equipot.model.outputs`) joins the result under its name; with ``long_range``, the
+    electrostatic energy of the charges output is part of the energy (hence of the forces and
+    stress) and is reported as ``energy_long_range`` / ``energies_long_range`` too.
     """
 
     def __init__(
