@@ -82,6 +82,8 @@ def main() -> None:
     p.add_argument("--parity", default="natural")
     p.add_argument("--correlation", type=int, default=3)
     p.add_argument("--num-layers", type=int, default=2)
+    p.add_argument("--message-lmax", type=int, default=None, help="highest l sent along edges (default lmax)")
+    p.add_argument("--radial-hidden", type=int, nargs="+", default=[64, 64], help="hidden sizes of the radial networks")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=5)
@@ -93,10 +95,15 @@ def main() -> None:
     sys.argv = [x for x in sys.argv if x != "--eval-only"]
     torch.set_num_threads(args.threads)
     spec = DATASETS[args.dataset]
-    variant = args.variant or f"lmax{args.lmax}-{args.parity}-c{args.channels}-nu{args.correlation}"
+    variant = args.variant or (
+        f"lmax{args.lmax}-{args.parity}-c{args.channels}-nu{args.correlation}"
+        + ("" if args.message_lmax is None else f"-m{args.message_lmax}")
+        + ("" if args.radial_hidden == [64, 64] else "-r" + "x".join(map(str, args.radial_hidden)))
+    )
     out_dir = args.out or f"runs/{args.dataset}-{variant}"
     model_cfg = dict(channels=args.channels, lmax=args.lmax, parity=args.parity,
-                     correlation=args.correlation, num_layers=args.num_layers, r_max=5.0)
+                     correlation=args.correlation, num_layers=args.num_layers, r_max=5.0,
+                     message_lmax=args.message_lmax, radial_hidden=args.radial_hidden)
     n_total = int(round(spec["n_train"] / (1 - spec["valid_fraction"])))
     config = config_from_dict({
         "output_dir": out_dir, "seed": 1234,

@@ -61,6 +61,7 @@ class ModelConfig:
     lmax: int = 2
     parity: str = "natural"  # "natural" (0e, 1o, 2e, ...) or "both" (0e, 0o, 1o, 1e, ...)
     correlation: int = 3  # body order per layer from A, A⊗A, A⊗A⊗A
+    message_lmax: Optional[int] = None  # highest l of the features sent along edges (default lmax; 0: scalars only)
     num_basis: int = 8
     radial_hidden: List[int] = field(default_factory=lambda: [64, 64])
     readout_hidden: int = 16
@@ -181,6 +182,7 @@ def validate_model(m: "ModelConfig", source: str) -> None:
         (0 <= m.lmax <= 3, "model.lmax must be between 0 and 3"),
         (m.parity in ("both", "natural"), "model.parity must be 'both' or 'natural'"),
         (1 <= m.correlation <= 3, "model.correlation must be 1, 2 or 3"),
+        (m.message_lmax is None or 0 <= m.message_lmax <= m.lmax, "model.message_lmax must be between 0 and model.lmax"),
         (1 <= m.num_basis <= 64, "model.num_basis must be between 1 and 64"),
         (all(1 <= h <= 4096 for h in m.radial_hidden), "model.radial_hidden sizes must be between 1 and 4096"),
         (1 <= m.readout_hidden <= 4096, "model.readout_hidden must be between 1 and 4096"),

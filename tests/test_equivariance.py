@@ -17,6 +17,7 @@ from equipot.config import ModelConfig
 from equipot.data import Statistics, neighbor_list
 from equipot.model import EnergyModel, Potential, build_model, hidden_irreps
 from equipot.nn import LinearReadout, MLPReadout, ProductBasis, RadialEmbedding, make_gate
+from equipot.o3 import neighbour_slots
 
 from equivariance import (
     CARTESIAN, RANK2, Spec, check_equivariance, check_potential_equivariance, random_structure,
@@ -24,12 +25,15 @@ from equivariance import (
 )
 
 R_MAX = 3.0
-COMBOS = list(itertools.product(range(4), ("both", "natural"), (1, 2, 3)))
+# (lmax, parity, correlation, message_lmax): every lmax/parity/correlation with full
+# messages, and a few with fewer irreps sent along the edges than formed in a layer
+COMBOS = [combo + (None,) for combo in itertools.product(range(4), ("both", "natural"), (1, 2, 3))]
+COMBOS += [(1, "both", 3, 0), (2, "natural", 3, 0), (3, "natural", 2, 1)]
 
 
 def combo_id(combo):
-    lmax, parity, correlation = combo
-    return f"l{lmax}-{parity}-c{correlation}"
+    lmax, parity, correlation, message_lmax = combo
+    return f"l{lmax}-{parity}-c{correlation}" + ("" if message_lmax is None else f"-m{message_lmax}")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -51,10 +55,11 @@ def float64():
     torch.backends.opt_einsum.enabled = opt_einsum
 
 
-def make_config(lmax, parity, correlation, num_layers=2):
+def make_config(lmax, parity, correlation, message_lmax=None, num_layers=2):
     return ModelConfig(
         r_max=R_MAX, num_layers=num_layers, channels=4, lmax=lmax, parity=parity,
         correlation=correlation, num_basis=4, radial_hidden=[8], readout_hidden=4,
+        message_lmax=message_lmax,
     )
 
 
@@ -66,9 +71,9 @@ def make_stats():
 
 @pytest.fixture(scope="module", params=COMBOS, ids=combo_id)
 def potential(request, float64) -> Potential:
-    lmax, parity, correlation = request.param
-    torch.manual_seed(100 * lmax + 10 * correlation + (parity == "both"))
-    model = build_model(make_config(lmax, parity, correlation), make_stats())
+    lmax, parity, correlation, message_lmax = request.param
+    torch.manual_seed(100 * lmax + 10 * correlation + (parity == "both") + 1000 * (message_lmax or 0))
+    model = build_model(make_config(*request.param), make_stats())
     assert model.dtype == torch.float64
     model.combo = request.param
     return model
@@ -217,8 +222,12 @@ def test_every_e3nn_submodule(potential, graph_inputs):
                                Spec(mod.irreps_out, "node", nonzero=False))
         checked.append(name)
     kinds = {type(m).__name__ for _, m in _e3nn_modules(potential)}
-    assert {"Linear", "TensorProduct", "FullyConnectedTensorProduct", "Gate", "SphericalHarmonics"} <= kinds
-    assert any(".conv" in c for c in checked) and any(".skip" in c for c in checked)
+    assert {"Linear", "FullyConnectedTensorProduct", "Gate", "SphericalHarmonics"} <= kinds
+    assert any(".skip" in c for c in checked)
+    # the convolutions of scalar inputs are our own kernel (tested below and in test_o3.py)
+    e3nn_convs = [layer for layer in potential.energy_model.layers if not layer.scalar_messages]
+    assert sum(".conv" in c for c in checked) == len(e3nn_convs)
+    assert ("TensorProduct" in kinds) == (bool(e3nn_convs) or potential.combo[2] > 1)
     if potential.combo[2] > 1:
         assert any(".product.products" in c for c in checked)
     assert len(checked) >= 10
@@ -235,7 +244,8 @@ def test_interaction(potential, graph_inputs, layer_index):
 
     def fn(h, vec, onehot, species, src, dst):
         r = vec.norm(dim=-1)
-        return layer(h, onehot, species, em.sh(vec), em.radial(r), src, dst)
+        slot, num_slots = neighbour_slots(dst, h.shape[0])
+        return layer(h, onehot, species, em.sh(vec), em.radial(r), src, dst, slot, num_slots)
 
     node, cart = Spec(None, "node"), Spec(CARTESIAN, "edge")
     index = Spec(None, "edge_node_index")
@@ -249,13 +259,17 @@ def test_interaction(potential, graph_inputs, layer_index):
 def test_product_basis(potential, graph_inputs):
     """A, A⊗A, A⊗A⊗A with species-dependent weights, on random A of every hidden irrep."""
     _, species, _, _, _ = graph_inputs
-    lmax, parity, correlation = potential.combo
+    lmax, parity, correlation, _ = potential.combo
     irreps = hidden_irreps(4, lmax, parity)
-    product: ProductBasis = potential.energy_model.layers[1].product
-    assert len(product.products) == correlation - 1
-    a = random_features(irreps, len(species), 3)
-    check_equivariance(product, (a, species), (Spec(irreps, "node"), Spec(None, "node")),
-                       Spec(irreps, "node"))
+    for layer in potential.energy_model.layers:
+        product: ProductBasis = layer.product
+        assert len(product.products) == correlation - 1
+        # only what the gate reads is formed
+        assert {ir for _, ir in product.irreps_out} == {ir for _, ir in layer.gate.irreps_in}
+        a = random_features(irreps, len(species), 3)
+        check_equivariance(product, (a, species), (Spec(irreps, "node"), Spec(None, "node")),
+                           Spec(product.irreps_out, "node"))
+    product = potential.energy_model.layers[0].product
     # the higher powers really are there: the map is not linear unless correlation is 1
     nonlinearity = (product(2 * a, species) - 2 * product(a, species)).abs().max()
     assert (nonlinearity > 1e-6) == (correlation > 1)

@@ -24,6 +24,7 @@ def build_model(config: ModelConfig, stats: Statistics) -> Potential:
         lmax=config.lmax,
         parity=config.parity,
         correlation=config.correlation,
+        message_lmax=config.message_lmax,
         num_basis=config.num_basis,
         radial_hidden=config.radial_hidden,
         readout_hidden=config.readout_hidden,

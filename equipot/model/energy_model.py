@@ -1,11 +1,12 @@
 """The equivariant network: species and edge vectors in, per-atom energies out."""
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from e3nn import o3
 from torch import nn
 
+from ..o3 import neighbour_slots
 from ..nn import Interaction, LinearReadout, MLPReadout, RadialEmbedding
 
 
@@ -49,6 +50,7 @@ class EnergyModel(nn.Module):
         atomic_shift: torch.Tensor,
         atomic_scale: torch.Tensor,
         extra_irreps: o3.Irreps = o3.Irreps(""),
+        message_lmax: Optional[int] = None,
     ):
         super().__init__()
         self.num_species = num_species
@@ -58,6 +60,13 @@ class EnergyModel(nn.Module):
         irreps_embed = o3.Irreps(f"{channels}x0e")
         self.embedding = o3.Linear(o3.Irreps(f"{num_species}x0e"), irreps_embed)
         hidden = hidden_irreps(channels, lmax, parity)
+        # features passed from layer to layer (and so along the edges of the next layer); with
+        # message_lmax < lmax the higher irreps live only inside a layer (A and its products),
+        # which cuts the per-edge work, as MACE's scalar-only hidden features do
+        message_lmax = lmax if message_lmax is None else message_lmax
+        if not 0 <= message_lmax <= lmax:
+            raise ValueError(f"message_lmax must be between 0 and lmax = {lmax}, got {message_lmax}")
+        passed = hidden_irreps(channels, message_lmax, parity)
         self.layers = nn.ModuleList()
         self.readouts = nn.ModuleList()
         # the last layer carries the 0e channels of the energy and, for typed outputs, the
@@ -67,7 +76,7 @@ class EnergyModel(nn.Module):
         irreps_in = irreps_embed
         for t in range(num_layers):
             last = t == num_layers - 1
-            irreps_out = irreps_last if last else hidden
+            irreps_out = irreps_last if last else passed
             self.layers.append(
                 Interaction(
                     irreps_in, irreps_out, self.irreps_sh, hidden, num_species, num_basis,
@@ -110,10 +119,11 @@ class EnergyModel(nn.Module):
         length = torch.linalg.norm(edge_vec, dim=-1)
         edge_sh = self.sh(edge_vec)
         edge_radial = self.radial(length)
+        edge_slot, num_slots = neighbour_slots(edge_dst, species.shape[0])
         h = self.embedding(onehot)
         out = torch.zeros(species.shape[0], dtype=dtype, device=edge_vec.device)
         for layer, readout in zip(self.layers, self.readouts):
-            h = layer(h, onehot, species, edge_sh, edge_radial, edge_src, edge_dst)
+            h = layer(h, onehot, species, edge_sh, edge_radial, edge_src, edge_dst, edge_slot, num_slots)
             out = out + readout(h)
         scaled = (self.atomic_scale[species] * out).to(torch.float64)
         return scaled + self.atomic_shift[species], h

@@ -21,7 +21,7 @@ from .build import build_model
 from .potential import Potential
 
 FORMAT = "equipot-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class ModelFileError(ValueError):

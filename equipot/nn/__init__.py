@@ -2,10 +2,10 @@
 
 from .gate import make_gate
 from .interaction import Interaction, ProductBasis
-from .radial import BesselBasis, PolynomialEnvelope, RadialEmbedding
+from .radial import BesselBasis, PolynomialEnvelope, RadialEmbedding, RadialNetwork
 from .readout import LinearReadout, MLPReadout
 
 __all__ = [
     "make_gate", "Interaction", "ProductBasis", "BesselBasis", "PolynomialEnvelope",
-    "RadialEmbedding", "LinearReadout", "MLPReadout",
+    "RadialEmbedding", "RadialNetwork", "LinearReadout", "MLPReadout",
 ]

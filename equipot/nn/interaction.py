@@ -20,7 +20,9 @@ from e3nn import nn as enn
 from e3nn import o3
 from torch import nn
 
+from ..o3 import ScalarConvolution
 from .gate import make_gate
+from .radial import RadialNetwork
 
 
 def uvu_instructions(
@@ -54,27 +56,45 @@ def uuu_instructions(irreps1: o3.Irreps, irreps2: o3.Irreps, irreps_out: o3.Irre
 class ProductBasis(nn.Module):
     """Body order on nodes: sum of A, A⊗A, ... up to ``correlation`` factors of A.
 
-    The weights of each product path depend on the species of the atom.
+    The weights of each product path depend on the species of the atom. Only the irreps of
+    ``irreps_out`` (a subset of ``irreps``, default all) are returned: the last product
+    computes just those, so a layer that passes on scalars only pays for scalars there.
     """
 
-    def __init__(self, irreps: o3.Irreps, num_species: int, correlation: int):
+    def __init__(self, irreps: o3.Irreps, num_species: int, correlation: int, irreps_out: o3.Irreps = None):
         super().__init__()
+        irreps = o3.Irreps(irreps)
+        self.irreps_out = irreps if irreps_out is None else o3.Irreps(irreps_out)
+        slices = irreps.slices()
+        wanted = {ir for _, ir in self.irreps_out}
+        chosen = [i for i, (_, ir) in enumerate(irreps) if ir in wanted]
+        if o3.Irreps([irreps[i] for i in chosen]) != self.irreps_out:
+            raise ValueError(f"irreps_out {self.irreps_out} must be a sub-list of {irreps}")
+        keep = torch.cat([torch.arange(slices[i].start, slices[i].stop) for i in chosen]) if chosen else torch.zeros(0, dtype=torch.long)
+        self.register_buffer("keep", keep, persistent=False)
+        self.select = self.irreps_out != irreps
         self.products = nn.ModuleList()
         self.weights = nn.ParameterList()
-        for _ in range(correlation - 1):
+        for c in range(correlation - 1):
+            target = self.irreps_out if c == correlation - 2 else irreps
             tp = o3.TensorProduct(
-                irreps, irreps, irreps, uuu_instructions(irreps, irreps, irreps),
+                irreps, irreps, target, uuu_instructions(irreps, irreps, target),
                 shared_weights=False, internal_weights=False,
             )
             self.products.append(tp)
             self.weights.append(nn.Parameter(torch.randn(num_species, tp.weight_numel)))
 
     def forward(self, a: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
-        total, power = a, a
-        for tp, w in zip(self.products, self.weights):
+        total, power = self.project(a), a
+        last = len(self.products) - 1
+        for c, (tp, w) in enumerate(zip(self.products, self.weights)):
             power = tp(power, a, w[species])
-            total = total + power
+            total = total + (power if c == last else self.project(power))
         return total
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """The irreps_out part of features in ``irreps``."""
+        return x.index_select(1, self.keep) if self.select else x
 
 
 class Interaction(nn.Module):
@@ -99,17 +119,20 @@ class Interaction(nn.Module):
         self.linear_up = o3.Linear(self.irreps_in, self.irreps_in)
         allowed = [ir for _, ir in irreps_hidden]
         irreps_mid, instructions = uvu_instructions(self.irreps_in, irreps_sh, allowed)
-        self.conv = o3.TensorProduct(
-            self.irreps_in, irreps_sh, irreps_mid, instructions,
-            shared_weights=False, internal_weights=False,
-        )
-        self.radial = enn.FullyConnectedNet(
-            [num_basis] + list(radial_hidden) + [self.conv.weight_numel], torch.nn.functional.silu
-        )
+        # scalar inputs (the first layer, and every layer with message_lmax 0) take our
+        # neighbour-sum kernel; others e3nn's product followed by a sum over edges
+        self.scalar_messages = all(ir.l == 0 for _, ir in self.irreps_in) and len({m for m, _ in self.irreps_in}) == 1
+        conv = ScalarConvolution if self.scalar_messages else o3.TensorProduct
+        extra = {} if self.scalar_messages else {"shared_weights": False, "internal_weights": False}
+        self.conv = conv(self.irreps_in, irreps_sh, irreps_mid, instructions, **extra)
+        self.radial = RadialNetwork([num_basis] + list(radial_hidden) + [self.conv.weight_numel])
         self.linear_msg = o3.Linear(irreps_mid, irreps_hidden)
-        self.product = ProductBasis(o3.Irreps(irreps_hidden), num_species, correlation)
         self.gate = make_gate(self.irreps_out)
-        self.linear_out = o3.Linear(irreps_hidden, self.gate.irreps_in)
+        # only the irreps the gate reads are formed by the products
+        wanted = {ir for _, ir in self.gate.irreps_in}
+        irreps_products = o3.Irreps([(mul, ir) for mul, ir in o3.Irreps(irreps_hidden) if ir in wanted])
+        self.product = ProductBasis(o3.Irreps(irreps_hidden), num_species, correlation, irreps_products)
+        self.linear_out = o3.Linear(irreps_products, self.gate.irreps_in)
         self.skip = (
             o3.FullyConnectedTensorProduct(self.irreps_in, o3.Irreps(f"{num_species}x0e"), self.irreps_out)
             if self_connection
@@ -125,11 +148,18 @@ class Interaction(nn.Module):
         edge_radial: torch.Tensor,  # (E, num_basis), already enveloped
         edge_src: torch.Tensor,
         edge_dst: torch.Tensor,
+        edge_slot: torch.Tensor,  # place of each edge among those of its edge_dst atom
+        num_slots: int,  # the most edges of any atom
     ) -> torch.Tensor:
         up = self.linear_up(h)
-        messages = self.conv(up[edge_src], edge_sh, self.radial(edge_radial))
-        a = torch.zeros(h.shape[0], messages.shape[1], dtype=messages.dtype, device=messages.device)
-        a = a.index_add(0, edge_dst, messages) / self.avg_num_neighbors
+        weights = self.radial(edge_radial)
+        if self.scalar_messages:
+            a = self.conv(up, edge_sh, weights, edge_src, edge_dst, edge_slot, num_slots)
+        else:
+            messages = self.conv(up[edge_src], edge_sh, weights)
+            a = torch.zeros(h.shape[0], messages.shape[1], dtype=messages.dtype, device=messages.device)
+            a = a.index_add(0, edge_dst, messages)
+        a = a / self.avg_num_neighbors
         a = self.linear_msg(a)
         b = self.product(a, species)
         out = self.gate(self.linear_out(b))

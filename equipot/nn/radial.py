@@ -1,6 +1,7 @@
 """Radial basis of edge lengths: Bessel functions times a smooth cutoff envelope."""
 
 import math
+from typing import List
 
 import torch
 from torch import nn
@@ -61,3 +62,30 @@ class RadialEmbedding(nn.Module):
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         return self.basis(r) * self.envelope(r).unsqueeze(-1)
+
+
+class RadialNetwork(nn.Module):
+    """MLP of the radial basis giving each edge its tensor-product weights (no biases).
+
+    The function of e3nn's ``FullyConnectedNet(hs, silu)`` (weights N(0, 1) divided by
+    sqrt(fan-in), SiLU scaled to unit second moment), with the scale factors applied to the
+    small weight matrices instead of to every edge's activations: per edge only the matmuls
+    and the SiLUs remain.
+    """
+
+    def __init__(self, sizes: List[int]):
+        super().__init__()
+        from e3nn.math import normalize2mom
+
+        self.sizes = list(sizes)
+        self.weights = nn.ParameterList([nn.Parameter(torch.randn(a, b)) for a, b in zip(sizes, sizes[1:])])
+        act_scale = float(normalize2mom(torch.nn.functional.silu).cst)
+        self.scales = [(1.0 if k == 0 else act_scale) / math.sqrt(a) for k, a in enumerate(sizes[:-1])]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (E, sizes[0]) -> (E, sizes[-1])
+        last = len(self.weights) - 1
+        for k, (w, scale) in enumerate(zip(self.weights, self.scales)):
+            x = x @ (w * scale)
+            if k < last:
+                x = torch.nn.functional.silu(x)
+        return x

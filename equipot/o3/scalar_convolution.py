@@ -1,0 +1,94 @@
+"""Neighbour sum of channel-wise products of scalar features with spherical harmonics.
+
+For scalar inputs (0e, 0o) a "uvu" tensor product with the harmonics Y of the edge is just
+``w_e[u, path] x_src[u] Y_e[m]`` (times e3nn's normalization constant), and the neighbour sum
+
+    A_i[path, u, m] = Σ_{e: dst(e) = i} (w_e[u, path] x_src(e)[u]) Y_e[m]
+
+is, per atom, a product of a (paths·channels × neighbours) matrix with a (neighbours × m)
+one. Laying the edges of each atom out in a padded (atoms, slots) table turns the whole sum
+into one batched matmul, so the per-edge tensor never has the width paths·channels·m that
+e3nn's TensorProduct followed by ``index_add`` writes and reads back (benchmarks/kernels.py).
+``tests/test_o3.py`` checks the result against e3nn.
+"""
+
+from math import sqrt
+from typing import Sequence, Tuple
+
+import torch
+from e3nn import o3
+from torch import nn
+
+
+def neighbour_slots(edge_dst: torch.Tensor, num_nodes: int) -> Tuple[torch.Tensor, int]:
+    """For each edge its place among the edges of its destination atom, and the most edges of any atom."""
+    if edge_dst.numel() == 0:
+        return torch.zeros_like(edge_dst), 0
+    counts = torch.bincount(edge_dst, minlength=num_nodes)
+    order = torch.argsort(edge_dst, stable=True)
+    first = torch.cumsum(counts, 0) - counts
+    slot = torch.empty_like(edge_dst)
+    slot[order] = torch.arange(edge_dst.numel(), device=edge_dst.device) - first[edge_dst[order]]
+    return slot, int(counts.max())
+
+
+class ScalarConvolution(nn.Module):
+    """Σ over the edges into each atom of TensorProduct(x[src], sh, weight), x scalars only.
+
+    The same function as ``index_add`` over edges of ``e3nn.o3.TensorProduct(irreps_in,
+    irreps_sh, irreps_out, instructions, shared_weights=False, internal_weights=False)``
+    with "uvu" instructions, one per output irrep, and e3nn's weight layout.
+    """
+
+    def __init__(self, irreps_in, irreps_sh, irreps_out, instructions: Sequence[Tuple]):
+        super().__init__()
+        self.irreps_in, self.irreps_sh, self.irreps_out = (o3.Irreps(irreps_in), o3.Irreps(irreps_sh),
+                                                           o3.Irreps(irreps_out))
+        if any(ir.l != 0 for _, ir in self.irreps_in) or len({mul for mul, _ in self.irreps_in}) != 1:
+            raise ValueError(f"ScalarConvolution needs scalar inputs of one multiplicity, got {self.irreps_in}")
+        if any(mul != 1 for mul, _ in self.irreps_sh):
+            raise ValueError(f"spherical harmonics must have multiplicity 1, got {self.irreps_sh}")
+        self.mul = self.irreps_in[0].mul
+        outputs = sorted(ins[2] for ins in instructions)
+        if outputs != list(range(len(self.irreps_out))):
+            raise ValueError("ScalarConvolution needs exactly one instruction per output irrep")
+        blocks, self.sources = [], [None] * len(self.irreps_out)
+        sh_slices = self.irreps_sh.slices()
+        coefficient = []
+        for k, (i_in, i_sh, i_out, *mode) in enumerate(instructions):
+            if tuple(mode[:2]) != ("uvu", True):
+                raise ValueError(f"ScalarConvolution supports weighted 'uvu' paths only, got {mode}")
+            ir_in, ir_sh, ir_out = self.irreps_in[i_in].ir, self.irreps_sh[i_sh].ir, self.irreps_out[i_out].ir
+            if ir_out != o3.Irrep(ir_sh.l, ir_in.p * ir_sh.p) or self.irreps_out[i_out].mul != self.mul:
+                raise ValueError(f"path {ir_in} x {ir_sh} -> {self.irreps_out[i_out]} is not a scalar product")
+            # e3nn: sqrt(component normalization / fan-in 1) times the Clebsch–Gordan of 0 x l -> l
+            cg = o3.wigner_3j(0, ir_sh.l, ir_sh.l, dtype=torch.float64)[0]
+            if not torch.allclose(cg, torch.eye(ir_sh.dim, dtype=torch.float64) * cg[0, 0]):
+                raise AssertionError("unexpected Clebsch–Gordan coefficients for 0 x l -> l")
+            coefficient.append(float(cg[0, 0]) * sqrt(ir_out.dim))
+            blocks.append(i_in)
+            self.sources[i_out] = (k, sh_slices[i_sh])
+        self.num_paths = len(blocks)
+        self.weight_numel = self.num_paths * self.mul
+        self.register_buffer("block_of_path", torch.tensor(blocks, dtype=torch.long), persistent=False)
+        self.register_buffer("coefficient", torch.tensor(coefficient).view(1, -1, 1), persistent=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (N, irreps_in.dim) node scalars
+        sh: torch.Tensor,  # (E, irreps_sh.dim)
+        weight: torch.Tensor,  # (E, weight_numel)
+        edge_src: torch.Tensor,
+        edge_dst: torch.Tensor,
+        edge_slot: torch.Tensor,  # from neighbour_slots(edge_dst, N)
+        num_slots: int,
+    ) -> torch.Tensor:  # (N, irreps_out.dim)
+        n, e, mul, paths = x.shape[0], sh.shape[0], self.mul, self.num_paths
+        xs = x.view(n, -1, mul).index_select(1, self.block_of_path)  # (N, paths, mul)
+        xw = xs[edge_src] * weight.view(e, paths, mul) * self.coefficient.to(x.dtype)
+        width = paths * mul
+        padded_x = x.new_zeros(n, num_slots, width).index_put((edge_dst, edge_slot), xw.reshape(e, width))
+        padded_y = sh.new_zeros(n, num_slots, sh.shape[1]).index_put((edge_dst, edge_slot), sh)
+        # (N, m, paths·mul): the long dimension last suits the small matmuls best
+        a = torch.bmm(padded_y.transpose(1, 2), padded_x).view(n, -1, paths, mul)
+        return torch.cat([a[:, s, k, :].transpose(1, 2).reshape(n, -1) for k, s in self.sources], dim=1)

@@ -1,0 +1,95 @@
+"""Our kernels against e3nn: the same function, values and derivatives, in float64."""
+
+import pytest
+import torch
+from e3nn import o3
+
+from equipot.nn.interaction import uvu_instructions
+from equipot.o3 import ScalarConvolution, neighbour_slots
+
+CASES = [  # scalar inputs, harmonics up to l, irreps the messages may have
+    ("5x0e", 1, "0e+1o"),
+    ("5x0e", 3, "0e+1o+2e+3o"),
+    ("4x0e+4x0o", 2, "0e+0o+1o+1e+2e+2o"),
+    ("4x0e+4x0o", 1, "0e+1o"),  # some paths not allowed
+]
+
+
+def random_graph(num_nodes: int, num_edges: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(0, num_nodes, (num_edges,), generator=g)
+    dst = torch.randint(0, num_nodes - 1, (num_edges,), generator=g)  # the last atom has no edges
+    return src, dst
+
+
+def test_neighbour_slots():
+    src, dst = random_graph(9, 60, 0)
+    slot, num_slots = neighbour_slots(dst, 9)
+    counts = torch.bincount(dst, minlength=9)
+    assert num_slots == int(counts.max())
+    pairs = set(zip(dst.tolist(), slot.tolist()))
+    assert len(pairs) == len(dst)  # every edge has its own place
+    for i in range(9):
+        assert sorted(slot[dst == i].tolist()) == list(range(int(counts[i])))
+    empty, k = neighbour_slots(torch.zeros(0, dtype=torch.long), 4)
+    assert empty.shape == (0,) and k == 0
+
+
+@pytest.mark.parametrize("irreps_in,lmax,allowed", CASES)
+def test_scalar_convolution_matches_e3nn(float64_without_einsum_search, irreps_in, lmax, allowed):
+    irreps_in, irreps_sh = o3.Irreps(irreps_in), o3.Irreps.spherical_harmonics(lmax)
+    mid, instructions = uvu_instructions(irreps_in, irreps_sh, [ir for _, ir in o3.Irreps(allowed)])
+    reference = o3.TensorProduct(irreps_in, irreps_sh, mid, instructions, shared_weights=False, internal_weights=False)
+    ours = ScalarConvolution(irreps_in, irreps_sh, mid, instructions)
+    assert ours.weight_numel == reference.weight_numel
+    n, e = 9, 70
+    src, dst = random_graph(n, e, 1)
+    x = torch.randn(n, irreps_in.dim, requires_grad=True)
+    vec = torch.randn(e, 3, requires_grad=True)
+    w = torch.randn(e, reference.weight_numel, requires_grad=True)
+    slot, num_slots = neighbour_slots(dst, n)
+
+    def both():
+        sh = o3.spherical_harmonics(irreps_sh, vec, True, normalization="component")
+        expected = torch.zeros(n, mid.dim).index_add(0, dst, reference(x[src], sh, w))
+        return expected, ours(x, sh, w, src, dst, slot, num_slots)
+
+    expected, got = both()
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert got[n - 1].abs().max() == 0  # no edges, no message
+    # first and second derivatives (forces, and the force loss in training)
+    probe = torch.randn_like(expected)
+    grads = [torch.autograd.grad((out * probe).sum(), (x, vec, w), create_graph=True) for out in both()]
+    for g_expected, g_got in zip(*grads):
+        torch.testing.assert_close(g_got, g_expected, rtol=1e-11, atol=1e-11)
+    second = [torch.autograd.grad(g[1].square().sum(), (x, vec, w), retain_graph=True) for g in grads]
+    for s_expected, s_got in zip(*second):
+        torch.testing.assert_close(s_got, s_expected, rtol=1e-10, atol=1e-10)
+
+
+def test_scalar_convolution_refuses_what_it_cannot_do():
+    sh = o3.Irreps.spherical_harmonics(1)
+    mid, instructions = uvu_instructions(o3.Irreps("3x0e+3x1o"), sh, [o3.Irrep("0e"), o3.Irrep("1o")])
+    with pytest.raises(ValueError, match="scalar inputs"):
+        ScalarConvolution("3x0e+3x1o", sh, mid, instructions)
+    with pytest.raises(ValueError, match="scalar inputs"):
+        ScalarConvolution("3x0e+2x0o", sh, "3x0e", [(0, 0, 0, "uvu", True)])
+
+
+def test_radial_network_is_e3nns_fully_connected_net(float64_without_einsum_search):
+    from e3nn.nn import FullyConnectedNet
+
+    from equipot.nn import RadialNetwork
+
+    sizes = [8, 16, 12, 20]
+    reference = FullyConnectedNet(sizes, torch.nn.functional.silu)
+    ours = RadialNetwork(sizes)
+    with torch.no_grad():
+        for k, w in enumerate(ours.weights):
+            w.copy_(getattr(reference, f"layer{k}").weight)
+    x = torch.randn(30, 8, requires_grad=True)
+    torch.testing.assert_close(ours(x), reference(x), rtol=1e-12, atol=1e-12)
+    g_ours, = torch.autograd.grad(ours(x).sin().sum(), x)
+    g_ref, = torch.autograd.grad(reference(x).sin().sum(), x)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-12, atol=1e-12)
