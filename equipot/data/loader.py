@@ -3,7 +3,9 @@
 Neighbour lists are built when a batch is made (vesin takes milliseconds), so a
 dataset of 10^5 configurations holds only positions and labels in memory. The loader
 draws its order from its own seeded generator, whose state goes into checkpoints, and
-can shard each global batch over ``world_size`` processes (data-parallel training).
+can shard each global batch over ``world_size`` processes (data-parallel training); a
+process whose share of a batch is empty gets ``None`` for that step, so that all processes
+take the same number of steps.
 """
 
 from typing import Iterator, List, Optional, Sequence
@@ -49,6 +51,8 @@ class GraphLoader:
             shard = chunk[self.rank :: self.world_size]
             if shard:
                 yield _batch([to_graph(self.configs[i], self.cutoff) for i in shard])
+            elif self.world_size > 1:  # every process takes the same number of steps
+                yield None
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

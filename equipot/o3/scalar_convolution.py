@@ -84,8 +84,9 @@ class ScalarConvolution(nn.Module):
         num_slots: int,
     ) -> torch.Tensor:  # (N, irreps_out.dim)
         n, e, mul, paths = x.shape[0], sh.shape[0], self.mul, self.num_paths
-        xs = x.view(n, -1, mul).index_select(1, self.block_of_path)  # (N, paths, mul)
-        xw = xs[edge_src] * weight.view(e, paths, mul) * self.coefficient.to(x.dtype)
+        # the constant goes on the atoms' features, before they are copied to the edges
+        xs = x.view(n, -1, mul).index_select(1, self.block_of_path) * self.coefficient.to(x.dtype)  # (N, paths, mul)
+        xw = xs[edge_src] * weight.view(e, paths, mul)
         width = paths * mul
         padded_x = x.new_zeros(n, num_slots, width).index_put((edge_dst, edge_slot), xw.reshape(e, width))
         padded_y = sh.new_zeros(n, num_slots, sh.shape[1]).index_put((edge_dst, edge_slot), sh)

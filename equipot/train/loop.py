@@ -25,7 +25,7 @@ from ..model import build_model, save_model
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .ema import EMA
 from .history import write_history
-from .loss import combine, squared_error_terms
+from .loss import combine, loss_names, squared_error_terms
 from .metrics import ErrorAccumulator
 from .setup import read_splits, training_statistics
 from .world import World
@@ -37,11 +37,11 @@ MODEL = "model.safetensors"
 class Trainer:
     def __init__(self, config: Config, world: Optional[World] = None, progress: bool = True):
         self.config = config
-        self.world = world or World()
+        self.world = world or World(config.training.device)
         self.progress = progress and self.world.is_main
         self.out = config.output_dir
         self.dtype = getattr(torch, config.training.dtype)
-        self.device = torch.device(config.training.device)
+        self.device = self.world.device
 
     # ----------------------------------------------------------------- set-up
     def _setup(self, resume: bool, overwrite: bool = False) -> Optional[dict]:
@@ -128,24 +128,32 @@ class Trainer:
 
     # --------------------------------------------------------------- epochs
     def _global_counts(self, terms) -> Dict[str, torch.Tensor]:
-        names = sorted(terms)
-        counts = self.world.sum(torch.stack([terms[n][1] for n in names]))
+        names = loss_names(self.config.training.loss)
+        zero = torch.zeros((), dtype=torch.float64)
+        counts = self.world.sum(torch.stack([terms[n][1] if n in terms else zero for n in names]))
         return dict(zip(names, counts))
 
     def _train_epoch(self, bar) -> float:
         self.model.train()
         weights, total, n = self.config.training.loss, 0.0, 0
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
         for graph in self.train_loader:
-            graph = graph.to(self.device, self.dtype)
             self.optimizer.zero_grad(set_to_none=True)
-            terms = squared_error_terms(self.model(graph, training=True), graph, weights)
-            loss = combine(terms, self._global_counts(terms), weights)
-            loss.backward()
-            self.world.sum_gradients(self.model)
+            if graph is None:  # no share of this batch: take part in the reductions with zeros
+                self._global_counts({})
+                loss = None
+            else:
+                graph = graph.to(self.device, self.dtype)
+                terms = squared_error_terms(self.model(graph, training=True), graph, weights)
+                loss = combine(terms, self._global_counts(terms), weights)
+                loss.backward()
+            self.world.sum_gradients(parameters)
             self.optimizer.step()
             if self.ema:
                 self.ema.update(self.model)
-            total, n = total + float(loss.detach()), n + 1
+            # the loss of the global batch: the processes' parts summed
+            part = torch.tensor(float(loss.detach()) if loss is not None else 0.0, dtype=torch.float64)
+            total, n = total + float(self.world.sum(part)), n + 1
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{total / n:.4g}")
@@ -156,6 +164,8 @@ class Trainer:
         weights = self.config.training.loss
         acc, sums = ErrorAccumulator(), {}
         for graph in self.valid_loader:
+            if graph is None:
+                continue
             graph = graph.to(self.device, self.dtype)
             pred = self.model(graph)
             for name, (sq, count) in squared_error_terms(pred, graph, weights).items():
@@ -166,13 +176,14 @@ class Trainer:
                 {k: v.cpu().double().numpy() for k, v in graph.targets.items()},
                 graph.atoms_per_graph().cpu().numpy(),
             )
-        names = sorted(sums)
-        flat = self.world.sum(torch.tensor([x for n in names for x in sums[n]], dtype=torch.float64))
+        names = loss_names(weights)
+        flat = self.world.sum(torch.tensor([x for n in names for x in sums.get(n, (0.0, 0.0))], dtype=torch.float64))
         loss = sum(weights.weight(n) * flat[2 * k] / max(float(flat[2 * k + 1]), 1.0) for k, n in enumerate(names))
         summary = acc.summary() if not self.world.distributed else self._reduce_summary(acc)
         return {"valid_loss": float(loss), **{f"valid_{k}": v for k, v in summary.items()}}
 
     def _reduce_summary(self, acc: ErrorAccumulator) -> Dict[str, float]:
+        acc.extend(self.world.union(list(acc.sums)))  # the same quantities on every process
         acc.load_state(self.world.sum(torch.tensor(acc.state(), dtype=torch.float64)).numpy())
         return acc.summary()
 

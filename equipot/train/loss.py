@@ -49,6 +49,12 @@ def squared_error_terms(
     return terms
 
 
+def loss_names(weights: LossConfig):
+    """The terms :func:`squared_error_terms` returns, sorted: those with a positive weight."""
+    names = [n for n in ("energy", "forces", "stress") if getattr(weights, n) > 0]
+    return sorted(names + [n for n, w in weights.outputs.items() if w > 0])
+
+
 def combine(terms: Dict[str, Tuple[torch.Tensor, torch.Tensor]], counts: Dict[str, torch.Tensor], weights: LossConfig) -> torch.Tensor:
     """Σ_k w_k · sum_k / counts_k; ``counts`` may be global (reduced over processes)."""
     total = 0.0

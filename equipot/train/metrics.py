@@ -48,6 +48,11 @@ class ErrorAccumulator:
     def count(self) -> Dict[str, float]:
         return {name: row[2] for name, row in self.sums.items()}
 
+    def extend(self, names) -> None:
+        """Rows of zeros for ``names`` not yet seen (so that processes reduce the same rows)."""
+        for name in names:
+            self.sums.setdefault(name, np.zeros(5))
+
     def state(self) -> np.ndarray:
         """Flat array of sums, names sorted (for reduction over processes)."""
         return np.concatenate([self.sums[n] for n in sorted(self.sums)]) if self.sums else np.zeros(0)
