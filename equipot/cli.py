@@ -1,4 +1,4 @@
-"""The `equipot` command line: train, eval, md, demo."""
+"""The `equipot` command line: train, eval, md, convert, demo."""
 
 import argparse
 import sys
@@ -60,6 +60,27 @@ def _md(args) -> None:
               f"(max deviation {result.max_energy_deviation_meV_per_atom:.4f} meV/atom)")
 
 
+def _convert(args) -> None:
+    from tqdm import tqdm
+
+    from .config import load_config, output_fields
+    from .data.reading import iread_configurations
+    from .data.store import write_store
+    from .train.setup import required_fields
+
+    config = load_config(args.config)
+    d = config.data
+    source = args.input or d.train
+    if not source:
+        raise ConfigError(f"{args.config}: data.train is not set and no --input was given")
+    fields = output_fields(config.model)
+    configs = iread_configurations(source, keys=d.keys, required=required_fields(config), energy_unit=d.energy_unit,
+                                   length_unit=d.length_unit, fields=fields)
+    n = write_store(tqdm(configs, desc="converting", unit=" structures", disable=args.quiet), args.output,
+                    fields=fields, source=source)
+    print(f"{n} structures from {source} stored in {args.output}; name it as data.train (or data.valid) to train from it")
+
+
 def _demo(args) -> None:
     from .demo import run_demo
 
@@ -107,6 +128,13 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--threads", type=int)
     m.add_argument("--out", default="md")
     m.set_defaults(func=_md)
+
+    c = sub.add_parser("convert", help="store a data file as HDF5 for training that reads structures on demand")
+    c.add_argument("config", help="training config: its data.keys, units and outputs say what to read")
+    c.add_argument("output", help="the store to write (.h5)")
+    c.add_argument("--input", help="file to convert (default: the config's data.train)")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=_convert)
 
     d = sub.add_parser("demo", help="train, evaluate and run MD on the shipped demo data")
     d.add_argument("--out", default="equipot-demo")

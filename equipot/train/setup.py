@@ -2,7 +2,7 @@
 
 import os
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
@@ -10,14 +10,15 @@ from ase.data import atomic_numbers, chemical_symbols
 from ..config import Config, ConfigError, DataConfig, output_fields
 from ..data import CloseAtomsError, Configuration, DataError, compute_statistics, fit_e0, read_configurations, species_of
 from ..data.reading import iread_configurations
+from ..data.store import ConfigurationStore, Subset, is_store, sample
 from ..data.statistics import Statistics
 from ..units import energy_factor
 
 
 @dataclass
 class Splits:
-    train: List[Configuration]
-    valid: List[Configuration]
+    train: Sequence[Configuration]
+    valid: Sequence[Configuration]
 
 
 def required_fields(config: Config) -> List[str]:
@@ -43,9 +44,9 @@ def read_splits(config: Config) -> Splits:
             )
     kwargs = dict(keys=d.keys, required=required, energy_unit=d.energy_unit, length_unit=d.length_unit,
                   fields=output_fields(config.model))
-    configs = read_configurations(d.train, **kwargs)
+    configs = read_data(d.train, kwargs)
     if d.valid:
-        valid = read_configurations(d.valid, **kwargs)
+        valid = read_data(d.valid, kwargs)
         train = configs
     else:
         rng = np.random.default_rng(config.seed)
@@ -53,11 +54,27 @@ def read_splits(config: Config) -> Splits:
         n_valid = max(1, int(round(d.valid_fraction * len(configs))))
         if n_valid >= len(configs):
             raise DataError(f"{d.train}: {len(configs)} structures are too few to split off a validation set")
-        valid = [configs[i] for i in order[:n_valid]]
-        train = [configs[i] for i in order[n_valid:]]
+        valid = Subset(configs, order[:n_valid])
+        train = Subset(configs, order[n_valid:])
     if d.max_train is not None:
         train = train[: d.max_train]
     return Splits(train=train, valid=valid)
+
+
+def read_data(path: str, kwargs: dict) -> Sequence[Configuration]:
+    """The structures of a data file: an equipot store (read on access) or any file ASE reads."""
+    if not is_store(path):
+        return read_configurations(path, **kwargs)
+    store = ConfigurationStore(path, fields=kwargs["fields"])
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        for name in kwargs["required"]:
+            stored = "stress" if name == "virial" else name
+            if stored not in store.target_names or not f["targets"][stored]["present"][:].all():
+                raise DataError(f"{path}: the training needs {stored} labels on every structure, and the store "
+                                f"{'lacks them' if stored not in store.target_names else 'misses some'}; convert the data again")
+    return store
 
 
 def read_e0s(e0s, data: DataConfig, train: List[Configuration], species: List[int]) -> Dict[int, float]:
@@ -87,8 +104,15 @@ def read_e0s(e0s, data: DataConfig, train: List[Configuration], species: List[in
     return out
 
 
-def training_statistics(config: Config, train: List[Configuration]) -> Statistics:
-    species = species_of(train)
+# statistics (E0 fit, energy shift and scale, average number of neighbours) come from at
+# most this many training structures, drawn with the run's seed
+STATISTICS_SAMPLE = 20000
+
+
+def training_statistics(config: Config, train: Sequence[Configuration]) -> Statistics:
+    base = train.base if isinstance(train, Subset) else train
+    species = base.species() if isinstance(base, ConfigurationStore) else species_of(train)
+    train = sample(train, STATISTICS_SAMPLE, config.seed)
     e0 = read_e0s(config.data.e0s, config.data, train, species)
     try:
         return compute_statistics(train, config.model.r_max, e0, species)
