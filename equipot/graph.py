@@ -7,7 +7,11 @@ vector points from the centre to the neighbour's periodic image::
     r_ij = positions[edge_src] - positions[edge_dst] + edge_shift @ cell[graph]
 
 ``edge_shift`` holds the integer lattice translation of the neighbour's image. The list
-is full: both (i, j) and (j, i) are present.
+is full: both (i, j) and (j, i) are present. Lists built by equipot come in two mirrored
+halves: with H = E / 2, edge ``H + e`` is edge ``e`` reversed (source and destination
+swapped, shift negated), and batching keeps that order over the whole batch (all first
+halves, then all second halves), so that per-edge functions of the length are computed once
+per pair (:func:`mirrored_half`).
 """
 
 from dataclasses import dataclass, field, replace
@@ -68,8 +72,34 @@ class AtomicGraph:
         )
 
 
+def is_mirrored(edge_src: torch.Tensor, edge_dst: torch.Tensor, edge_shift: torch.Tensor) -> bool:
+    """Whether the second half of the edges reverses the first, edge by edge."""
+    e = edge_src.shape[0]
+    if e % 2:
+        return False
+    h = e // 2
+    return (torch.equal(edge_src[h:], edge_dst[:h]) and torch.equal(edge_dst[h:], edge_src[:h])
+            and torch.equal(edge_shift[h:], -edge_shift[:h]))
+
+
+def mirrored_half(edge_vec: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor) -> Optional[int]:
+    """H if edge H + e is edge e reversed (vectors exactly opposite) for all e < H, else None."""
+    e = edge_src.shape[0]
+    if e == 0 or e % 2:
+        return None
+    h = e // 2
+    if torch.equal(edge_src[h:], edge_dst[:h]) and torch.equal(edge_dst[h:], edge_src[:h]) \
+            and torch.equal(edge_vec[h:], -edge_vec[:h]):
+        return h
+    return None
+
+
 def batch_graphs(graphs: List[AtomicGraph]) -> AtomicGraph:
-    """Concatenate graphs into one; node and edge indices are offset per graph."""
+    """Concatenate graphs into one; node and edge indices are offset per graph.
+
+    If every graph's edges are in mirrored halves, the batch's are too: the first halves of
+    all graphs, then their second halves.
+    """
     offsets = np.cumsum([0] + [g.n_atoms for g in graphs[:-1]])
     graph_offsets = np.cumsum([0] + [g.n_graphs for g in graphs[:-1]])
     names = set(graphs[0].targets)
@@ -87,13 +117,25 @@ def batch_graphs(graphs: List[AtomicGraph]) -> AtomicGraph:
         cell=torch.cat([g.cell for g in graphs]),
         pbc=torch.cat([g.pbc for g in graphs]),
         node_graph=torch.cat([g.node_graph + int(o) for g, o in zip(graphs, graph_offsets)]),
-        edge_src=torch.cat([g.edge_src + int(o) for g, o in zip(graphs, offsets)]),
-        edge_dst=torch.cat([g.edge_dst + int(o) for g, o in zip(graphs, offsets)]),
-        edge_shift=torch.cat([g.edge_shift for g in graphs]),
+        **_batched_edges(graphs, offsets),
         n_graphs=sum(g.n_graphs for g in graphs),
         targets=targets,
         total_charge=torch.cat([g.total_charge for g in graphs]),
     )
+
+
+def _batched_edges(graphs: List[AtomicGraph], offsets) -> Dict[str, torch.Tensor]:
+    src = [g.edge_src + int(o) for g, o in zip(graphs, offsets)]
+    dst = [g.edge_dst + int(o) for g, o in zip(graphs, offsets)]
+    shift = [g.edge_shift for g in graphs]
+    if len(graphs) > 1 and all(is_mirrored(g.edge_src, g.edge_dst, g.edge_shift) for g in graphs):
+        halves = [g.edge_src.shape[0] // 2 for g in graphs]
+
+        def order(parts):
+            return [p[:h] for p, h in zip(parts, halves)] + [p[h:] for p, h in zip(parts, halves)]
+
+        src, dst, shift = order(src), order(dst), order(shift)
+    return {"edge_src": torch.cat(src), "edge_dst": torch.cat(dst), "edge_shift": torch.cat(shift)}
 
 
 def check_target_shape(name: str, value: torch.Tensor, n_atoms: int, fields=None) -> None:

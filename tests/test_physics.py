@@ -4,6 +4,7 @@ All with a randomly initialised float64 model (H, C, O) and small random structu
 """
 
 import copy
+import dataclasses
 import json
 import pickle
 import struct
@@ -155,6 +156,25 @@ def test_batched_equals_unbatched(model):
     # per-atom energies add up to the energy of each structure
     sums = torch.zeros(len(configs)).index_add(0, make_batch(configs, R_MAX).node_graph, batch["energies"])
     torch.testing.assert_close(sums, batch["energy"], rtol=1e-14, atol=1e-10)
+
+
+def test_edge_order_does_not_matter(model):
+    """Neighbour lists come in mirrored halves, which the model uses to compute functions of
+    edge lengths once per pair; any other edge order must give the same results."""
+    from equipot.graph import is_mirrored
+
+    for config in (periodic_structure(11), open_structure(12)):
+        graph = to_graph(config, R_MAX)
+        assert is_mirrored(graph.edge_src, graph.edge_dst, graph.edge_shift)
+        batch = make_batch([config, periodic_structure(13)], R_MAX)
+        assert is_mirrored(batch.edge_src, batch.edge_dst, batch.edge_shift)
+        order = torch.randperm(graph.edge_src.shape[0], generator=torch.Generator().manual_seed(0))
+        shuffled = dataclasses.replace(graph, edge_src=graph.edge_src[order], edge_dst=graph.edge_dst[order],
+                                       edge_shift=graph.edge_shift[order])
+        assert not is_mirrored(shuffled.edge_src, shuffled.edge_dst, shuffled.edge_shift)
+        a, b = model(graph), model(shuffled)
+        for key in ("energy", "energies", "forces", "stress"):
+            torch.testing.assert_close(b[key], a[key], rtol=1e-12, atol=1e-12)
 
 
 def test_no_gradient_between_structures_of_a_batch(model):

@@ -34,8 +34,10 @@ def neighbor_list(
     box = np.asarray(cell, dtype=np.float64) if pbc.any() else np.zeros((3, 3))
     if not has_valid_cell(box, pbc):
         raise ValueError("periodic structure without a cell, or with a degenerate cell")
-    calc = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
+    # a half list, then its mirror image: edge H + e reverses edge e (see equipot.graph)
+    calc = vesin.NeighborList(cutoff=float(cutoff), full_list=False)
     i, j, shifts, d = calc.compute(positions, box, [bool(p) for p in pbc], quantities="ijSd")
+    i, j, shifts, d = np.concatenate([i, j]), np.concatenate([j, i]), np.concatenate([shifts, -shifts]), np.concatenate([d, d])
     if len(d) and d.min() < MIN_DISTANCE:
         k = int(np.argmin(d))
         raise CloseAtomsError(

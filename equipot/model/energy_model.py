@@ -6,6 +6,7 @@ import torch
 from e3nn import o3
 from torch import nn
 
+from ..graph import mirrored_half
 from ..o3 import neighbour_slots
 from ..nn import Interaction, LinearReadout, MLPReadout, RadialEmbedding
 
@@ -56,6 +57,8 @@ class EnergyModel(nn.Module):
         self.num_species = num_species
         self.irreps_sh = o3.Irreps.spherical_harmonics(lmax)
         self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
+        sign = torch.cat([torch.full((ir.dim,), float(ir.p)) for _, ir in self.irreps_sh])  # (-1)^l
+        self.register_buffer("sh_parity", sign, persistent=False)
         self.radial = RadialEmbedding(r_max, num_basis)
         irreps_embed = o3.Irreps(f"{channels}x0e")
         self.embedding = o3.Linear(o3.Irreps(f"{num_species}x0e"), irreps_embed)
@@ -116,14 +119,20 @@ class EnergyModel(nn.Module):
         """Per-atom energies (N,) float64 eV, and the last layer's features (N, irreps_features.dim)."""
         dtype = edge_vec.dtype
         onehot = torch.nn.functional.one_hot(species, self.num_species).to(dtype)
-        length = torch.linalg.norm(edge_vec, dim=-1)
-        edge_sh = self.sh(edge_vec)
-        edge_radial = self.radial(length)
+        # with mirrored edge halves the functions of the length (radial basis and the layers'
+        # radial networks) are computed for one edge of each pair, and Y(-r) = (-1)^l Y(r)
+        half = mirrored_half(edge_vec, edge_src, edge_dst)
+        vec = edge_vec if half is None else edge_vec[:half]
+        edge_sh = self.sh(vec)
+        edge_radial = self.radial(torch.linalg.norm(vec, dim=-1))
+        if half is not None:
+            edge_sh = torch.cat([edge_sh, edge_sh * self.sh_parity.to(edge_sh.dtype)])
         edge_slot, num_slots = neighbour_slots(edge_dst, species.shape[0])
         h = self.embedding(onehot)
         out = torch.zeros(species.shape[0], dtype=dtype, device=edge_vec.device)
         for layer, readout in zip(self.layers, self.readouts):
-            h = layer(h, onehot, species, edge_sh, edge_radial, edge_src, edge_dst, edge_slot, num_slots)
+            h = layer(h, onehot, species, edge_sh, edge_radial, edge_src, edge_dst, edge_slot, num_slots,
+                      mirrored=half is not None)
             out = out + readout(h)
         scaled = (self.atomic_scale[species] * out).to(torch.float64)
         return scaled + self.atomic_shift[species], h

@@ -150,9 +150,12 @@ class Interaction(nn.Module):
         edge_dst: torch.Tensor,
         edge_slot: torch.Tensor,  # place of each edge among those of its edge_dst atom
         num_slots: int,  # the most edges of any atom
+        mirrored: bool = False,  # edge_radial holds the first of two mirrored halves of the edges
     ) -> torch.Tensor:
         up = self.linear_up(h)
         weights = self.radial(edge_radial)
+        if mirrored:
+            weights = torch.cat([weights, weights])
         if self.scalar_messages:
             a = self.conv(up, edge_sh, weights, edge_src, edge_dst, edge_slot, num_slots)
         else:
