@@ -101,6 +101,7 @@ def main() -> None:
     lines += ["## Long-range electrostatics (issue 4)", ""] + [x for name in ("dimers", "ionic", "lode")
                                                            for x in simple_section(f"long_range-{name}", "##")]
     lines += ["## What the extra physics costs", ""] + sections("cost-")
+    lines += ["## Parallel runs (issue 6)", ""] + sections("parallel-")
     (REPO / "docs" / "benchmarks.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
