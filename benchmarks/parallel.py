@@ -1,13 +1,14 @@
 """Parallel speed-up on this machine's cores: data-parallel training and LAMMPS MD.
 
     python benchmarks/parallel.py train              # torchrun 2 processes vs 1, acac, configs/s
+    python benchmarks/parallel.py train --batch-size 40
     python benchmarks/parallel.py lammps             # mpirun -np 2 vs 1, acac boxes, 10^3 .. 10^4 atoms
     python benchmarks/parallel.py lammps --sizes 960 9600 96000
 
 One torch thread per process throughout; run on a quiet machine. parallel_speedup is the
 time of 1 process over the time of 2 for the same work. The models are untrained (speed
 does not depend on the weights): the fast configuration (lmax 1, 32 channels, scalar
-messages, r_max 5 Å, 2 layers), float32. Writes docs/benchmarks/parallel-<kind>.{json,md}.
+messages, r_max 5 Å, 2 layers), float32. Writes docs/benchmarks/parallel-train-b<batch>.{json,md} and parallel-lammps.{json,md}.
 """
 
 import argparse
@@ -67,15 +68,15 @@ def bench_train(args) -> None:
     records = [{**base, "metric": "training_throughput", "processes": p, "value": round(n_train / t, 2),
                 "unit": "configs/s"} for p, t in times.items()]
     records.append({**base, "metric": "parallel_speedup", "value": round(speedup, 3), "unit": "x"})
-    write_result("parallel-train", 1, records)
-    md = ["# Data-parallel training: torchrun, 2 processes vs 1", "",
+    write_result(f"parallel-train-b{args.batch_size}", 1, records)
+    md = [f"# Data-parallel training: torchrun, 2 processes vs 1, global batch {args.batch_size}", "",
           f"Machine: {machine(1)['cpu']}, one thread per process; acac, 450 training structures (+ 50 validation, "
           f"in the epoch time), global batch {args.batch_size}, float32, model {MODEL}. Epoch time averaged over "
           f"epochs 2..{args.epochs}. Command: `python benchmarks/parallel.py train`", "",
           "| processes | s/epoch | configs/s |", "|---|---|---|"]
     md += [f"| {p} | {t:.2f} | {n_train / t:.1f} |" for p, t in times.items()]
     md += ["", f"parallel_speedup: **{speedup:.2f}×**"]
-    (DOCS / "parallel-train.md").write_text("\n".join(md) + "\n")
+    (DOCS / f"parallel-train-b{args.batch_size}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 

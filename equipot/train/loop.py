@@ -31,6 +31,7 @@ from .setup import read_splits, training_statistics
 from .world import World
 
 CHECKPOINT = "checkpoint.pt"
+PLOT_INTERVAL_S = 60.0  # the learning curve is redrawn at most this often (and at the end)
 MODEL = "model.safetensors"
 
 
@@ -196,7 +197,7 @@ class Trainer:
             os.makedirs(self.out, exist_ok=True)
             with open(os.path.join(self.out, "config.yaml"), "w") as f:
                 yaml.safe_dump(self.config.to_dict(), f, sort_keys=False)
-        stop_reason = "max_epochs"
+        stop_reason, last_plot = "max_epochs", -math.inf
         while self.epoch < t.max_epochs:
             bar = tqdm(total=len(self.train_loader), desc=f"epoch {self.epoch + 1}/{t.max_epochs}",
                        leave=False, disable=not self.progress)
@@ -219,7 +220,9 @@ class Trainer:
             self.history.append(row)
             if self.world.is_main:
                 save_checkpoint(os.path.join(self.out, CHECKPOINT), self._state())
-                write_history(self.out, self.history)
+                plot = time.time() - last_plot > PLOT_INTERVAL_S
+                write_history(self.out, self.history, plot=plot)
+                last_plot = time.time() if plot else last_plot
                 if self.progress:
                     tqdm.write(_epoch_line(row))
             if self.bad_epochs >= t.patience:
@@ -228,6 +231,8 @@ class Trainer:
             if t.max_minutes is not None and time.time() - start > 60 * t.max_minutes:
                 stop_reason = "wall_clock"
                 break
+        if self.world.is_main:
+            write_history(self.out, self.history)  # the final learning curve
         self.world.barrier()
         return {"stop_reason": stop_reason, "epochs": self.epoch, "best_valid_loss": self.best_loss}
 
