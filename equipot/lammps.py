@@ -46,6 +46,22 @@ from .data.neighbors import neighbor_list
 from .model import load_model
 
 
+def needed_edges(src: np.ndarray, dst: np.ndarray, n: int, nlocal: int, layers: int) -> List[torch.Tensor]:
+    """Per layer, the edges whose messages reach the local atoms' energies.
+
+    An atom k hops (edges) from the local atoms needs its features after layer t only if
+    k <= layers - t, so layer t needs the edges into atoms at most layers - t hops away; the
+    last layer needs only the edges into local atoms. Ghosts deep in the shell thus cost only
+    their first layer's edges, or nothing.
+    """
+    hops = np.full(n, layers + 1, dtype=np.int64)
+    hops[:nlocal] = 0
+    for k in range(1, layers):
+        reached = src[hops[dst] == k - 1]
+        hops[reached] = np.minimum(hops[reached], k)
+    return [torch.as_tensor(np.nonzero(hops[dst] <= layers - t)[0]) for t in range(1, layers + 1)]
+
+
 class EquipotFix:
     """A model coupled to a LAMMPS instance through a ``fix external`` callback."""
 
@@ -121,7 +137,9 @@ class EquipotFix:
         pos = graph.positions.requires_grad_(True)
         species = self.model.species_index(graph.numbers)
         vec = pos[graph.edge_src] - pos[graph.edge_dst]
-        energies, _ = self.model.energy_model(species, vec, graph.edge_src, graph.edge_dst)
+        layers = len(self.model.energy_model.layers)
+        energies, _ = self.model.energy_model(species, vec, graph.edge_src, graph.edge_dst,
+                                              layer_edges=needed_edges(src, dst, n, nlocal, layers))
         energy = energies[:nlocal].sum()
         (grad,) = torch.autograd.grad(energy, pos)
         return float(energy), -grad.detach().to(torch.float64).numpy()

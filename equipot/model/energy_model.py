@@ -115,24 +115,37 @@ class EnergyModel(nn.Module):
         edge_vec: torch.Tensor,
         edge_src: torch.Tensor,
         edge_dst: torch.Tensor,
+        layer_edges: Optional[List[torch.Tensor]] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Per-atom energies (N,) float64 eV, and the last layer's features (N, irreps_features.dim)."""
+        """Per-atom energies (N,) float64 eV, and the last layer's features (N, irreps_features.dim).
+
+        ``layer_edges`` (one index tensor per layer, default: all edges in every layer) lets a
+        caller that needs the energies of some atoms only skip the edges into atoms whose
+        features no later layer reads (LAMMPS: local atoms among ghosts); the energies and
+        features of the atoms it cares about are unchanged, the others' are not meaningful.
+        """
         dtype = edge_vec.dtype
         onehot = torch.nn.functional.one_hot(species, self.num_species).to(dtype)
         # with mirrored edge halves the functions of the length (radial basis and the layers'
         # radial networks) are computed for one edge of each pair, and Y(-r) = (-1)^l Y(r)
-        half = mirrored_half(edge_vec, edge_src, edge_dst)
+        half = mirrored_half(edge_vec, edge_src, edge_dst) if layer_edges is None else None
         vec = edge_vec if half is None else edge_vec[:half]
         edge_sh = self.sh(vec)
         edge_radial = self.radial(torch.linalg.norm(vec, dim=-1))
         if half is not None:
             edge_sh = torch.cat([edge_sh, edge_sh * self.sh_parity.to(edge_sh.dtype)])
-        edge_slot, num_slots = neighbour_slots(edge_dst, species.shape[0])
+        edge_slot, num_slots = neighbour_slots(edge_dst, species.shape[0]) if layer_edges is None else (None, 0)
         h = self.embedding(onehot)
         out = torch.zeros(species.shape[0], dtype=dtype, device=edge_vec.device)
-        for layer, readout in zip(self.layers, self.readouts):
-            h = layer(h, onehot, species, edge_sh, edge_radial, edge_src, edge_dst, edge_slot, num_slots,
-                      mirrored=half is not None)
+        for t, (layer, readout) in enumerate(zip(self.layers, self.readouts)):
+            if layer_edges is None:
+                h = layer(h, onehot, species, edge_sh, edge_radial, edge_src, edge_dst, edge_slot, num_slots,
+                          mirrored=half is not None)
+            else:
+                idx = layer_edges[t]
+                dst = edge_dst[idx]
+                slot, slots = neighbour_slots(dst, species.shape[0])
+                h = layer(h, onehot, species, edge_sh[idx], edge_radial[idx], edge_src[idx], dst, slot, slots)
             out = out + readout(h)
         scaled = (self.atomic_scale[species] * out).to(torch.float64)
         return scaled + self.atomic_shift[species], h
