@@ -244,8 +244,7 @@ def test_interaction(potential, graph_inputs, layer_index):
 
     def fn(h, vec, onehot, species, src, dst):
         r = vec.norm(dim=-1)
-        slot, num_slots = neighbour_slots(dst, h.shape[0])
-        return layer(h, onehot, species, em.sh(vec), em.radial(r), src, dst, slot, num_slots)
+        return layer(h, onehot, species, em.sh(vec), em.radial(r), src, dst, neighbour_slots(dst, h.shape[0]))
 
     node, cart = Spec(None, "node"), Spec(CARTESIAN, "edge")
     index = Spec(None, "edge_node_index")

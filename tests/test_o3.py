@@ -24,15 +24,18 @@ def random_graph(num_nodes: int, num_edges: int, seed: int):
 
 def test_neighbour_slots():
     src, dst = random_graph(9, 60, 0)
-    slot, num_slots = neighbour_slots(dst, 9)
-    counts = torch.bincount(dst, minlength=9)
-    assert num_slots == int(counts.max())
-    pairs = set(zip(dst.tolist(), slot.tolist()))
-    assert len(pairs) == len(dst)  # every edge has its own place
-    for i in range(9):
-        assert sorted(slot[dst == i].tolist()) == list(range(int(counts[i])))
-    empty, k = neighbour_slots(torch.zeros(0, dtype=torch.long), 4)
-    assert empty.shape == (0,) and k == 0
+    for nodes in (8, 9):  # the last atom without edges gets no row (9), or is not there (8)
+        table = neighbour_slots(dst, nodes)
+        counts = torch.bincount(dst, minlength=nodes)
+        assert table.num_slots == int(counts.max())
+        assert (table.rows is None) == (nodes == 8)
+        atom_of_row = torch.arange(nodes) if table.rows is None else table.rows
+        assert torch.equal(atom_of_row[table.edge_row], dst)
+        assert len(set(zip(table.edge_row.tolist(), table.edge_slot.tolist()))) == len(dst)  # own places
+        for i in range(8):
+            assert sorted(table.edge_slot[dst == i].tolist()) == list(range(int(counts[i])))
+    empty = neighbour_slots(torch.zeros(0, dtype=torch.long), 4)
+    assert empty.edge_slot.shape == (0,) and empty.num_slots == 0
 
 
 @pytest.mark.parametrize("irreps_in,lmax,allowed", CASES)
@@ -47,12 +50,12 @@ def test_scalar_convolution_matches_e3nn(float64_without_einsum_search, irreps_i
     x = torch.randn(n, irreps_in.dim, requires_grad=True)
     vec = torch.randn(e, 3, requires_grad=True)
     w = torch.randn(e, reference.weight_numel, requires_grad=True)
-    slot, num_slots = neighbour_slots(dst, n)
+    table = neighbour_slots(dst, n)
 
     def both():
         sh = o3.spherical_harmonics(irreps_sh, vec, True, normalization="component")
         expected = torch.zeros(n, mid.dim).index_add(0, dst, reference(x[src], sh, w))
-        return expected, ours(x, sh, w, src, dst, slot, num_slots)
+        return expected, ours(x, sh, w, src, table)
 
     expected, got = both()
     assert got.shape == expected.shape

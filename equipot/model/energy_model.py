@@ -134,18 +134,18 @@ class EnergyModel(nn.Module):
         edge_radial = self.radial(torch.linalg.norm(vec, dim=-1))
         if half is not None:
             edge_sh = torch.cat([edge_sh, edge_sh * self.sh_parity.to(edge_sh.dtype)])
-        edge_slot, num_slots = neighbour_slots(edge_dst, species.shape[0]) if layer_edges is None else (None, 0)
+        table = neighbour_slots(edge_dst, species.shape[0]) if layer_edges is None else None
         h = self.embedding(onehot)
         out = torch.zeros(species.shape[0], dtype=dtype, device=edge_vec.device)
         for t, (layer, readout) in enumerate(zip(self.layers, self.readouts)):
             if layer_edges is None:
-                h = layer(h, onehot, species, edge_sh, edge_radial, edge_src, edge_dst, edge_slot, num_slots,
+                h = layer(h, onehot, species, edge_sh, edge_radial, edge_src, edge_dst, table,
                           mirrored=half is not None)
             else:
                 idx = layer_edges[t]
                 dst = edge_dst[idx]
-                slot, slots = neighbour_slots(dst, species.shape[0])
-                h = layer(h, onehot, species, edge_sh[idx], edge_radial[idx], edge_src[idx], dst, slot, slots)
+                h = layer(h, onehot, species, edge_sh[idx], edge_radial[idx], edge_src[idx], dst,
+                          neighbour_slots(dst, species.shape[0]))
             out = out + readout(h)
         scaled = (self.atomic_scale[species] * out).to(torch.float64)
         return scaled + self.atomic_shift[species], h

@@ -20,7 +20,7 @@ from e3nn import nn as enn
 from e3nn import o3
 from torch import nn
 
-from ..o3 import ScalarConvolution
+from ..o3 import NeighbourTable, ScalarConvolution
 from .gate import make_gate
 from .radial import RadialNetwork
 
@@ -148,8 +148,7 @@ class Interaction(nn.Module):
         edge_radial: torch.Tensor,  # (E, num_basis), already enveloped
         edge_src: torch.Tensor,
         edge_dst: torch.Tensor,
-        edge_slot: torch.Tensor,  # place of each edge among those of its edge_dst atom
-        num_slots: int,  # the most edges of any atom
+        table: NeighbourTable,  # neighbour_slots(edge_dst, N): each edge's place among its atom's
         mirrored: bool = False,  # edge_radial holds the first of two mirrored halves of the edges
     ) -> torch.Tensor:
         up = self.linear_up(h)
@@ -157,7 +156,7 @@ class Interaction(nn.Module):
         if mirrored:
             weights = torch.cat([weights, weights])
         if self.scalar_messages:
-            a = self.conv(up, edge_sh, weights, edge_src, edge_dst, edge_slot, num_slots)
+            a = self.conv(up, edge_sh, weights, edge_src, table)
         else:
             messages = self.conv(up[edge_src], edge_sh, weights)
             a = torch.zeros(h.shape[0], messages.shape[1], dtype=messages.dtype, device=messages.device)

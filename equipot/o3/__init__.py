@@ -1,5 +1,5 @@
 """Our own kernels for e3nn operations, each checked against e3nn in tests/test_o3.py."""
 
-from .scalar_convolution import ScalarConvolution, neighbour_slots
+from .scalar_convolution import NeighbourTable, ScalarConvolution, neighbour_slots
 
-__all__ = ["ScalarConvolution", "neighbour_slots"]
+__all__ = ["NeighbourTable", "ScalarConvolution", "neighbour_slots"]

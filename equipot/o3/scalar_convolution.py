@@ -13,23 +13,42 @@ e3nn's TensorProduct followed by ``index_add`` writes and reads back (benchmarks
 """
 
 from math import sqrt
-from typing import Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from e3nn import o3
 from torch import nn
 
 
-def neighbour_slots(edge_dst: torch.Tensor, num_nodes: int) -> Tuple[torch.Tensor, int]:
-    """For each edge its place among the edges of its destination atom, and the most edges of any atom."""
+class NeighbourTable(NamedTuple):
+    """Where each edge sits in the padded (rows, slots) table of ScalarConvolution.
+
+    A row per atom that receives edges (``rows``: their indices, or None when every atom
+    does and row = atom); ``edge_row`` and ``edge_slot`` place each edge.
+    """
+
+    edge_row: torch.Tensor
+    edge_slot: torch.Tensor
+    num_slots: int
+    rows: Optional[torch.Tensor]
+
+
+def neighbour_slots(edge_dst: torch.Tensor, num_nodes: int) -> NeighbourTable:
+    """For each edge its place among the edges of its destination atom (see NeighbourTable)."""
     if edge_dst.numel() == 0:
-        return torch.zeros_like(edge_dst), 0
+        empty = torch.zeros_like(edge_dst)
+        return NeighbourTable(empty, empty, 0, None)
     counts = torch.bincount(edge_dst, minlength=num_nodes)
     order = torch.argsort(edge_dst, stable=True)
     first = torch.cumsum(counts, 0) - counts
     slot = torch.empty_like(edge_dst)
     slot[order] = torch.arange(edge_dst.numel(), device=edge_dst.device) - first[edge_dst[order]]
-    return slot, int(counts.max())
+    has_edges = counts > 0
+    if bool(has_edges.all()):
+        return NeighbourTable(edge_dst, slot, int(counts.max()), None)
+    # atoms without edges (ghosts a caller skipped) get no row of the padded table
+    row_of_atom = torch.cumsum(has_edges, 0) - 1
+    return NeighbourTable(row_of_atom[edge_dst], slot, int(counts.max()), torch.nonzero(has_edges).reshape(-1))
 
 
 class ScalarConvolution(nn.Module):
@@ -79,17 +98,20 @@ class ScalarConvolution(nn.Module):
         sh: torch.Tensor,  # (E, irreps_sh.dim)
         weight: torch.Tensor,  # (E, weight_numel)
         edge_src: torch.Tensor,
-        edge_dst: torch.Tensor,
-        edge_slot: torch.Tensor,  # from neighbour_slots(edge_dst, N)
-        num_slots: int,
+        table: NeighbourTable,  # neighbour_slots(edge_dst, N)
     ) -> torch.Tensor:  # (N, irreps_out.dim)
         n, e, mul, paths = x.shape[0], sh.shape[0], self.mul, self.num_paths
         # the constant goes on the atoms' features, before they are copied to the edges
         xs = x.view(n, -1, mul).index_select(1, self.block_of_path) * self.coefficient.to(x.dtype)  # (N, paths, mul)
         xw = xs[edge_src] * weight.view(e, paths, mul)
         width = paths * mul
-        padded_x = x.new_zeros(n, num_slots, width).index_put((edge_dst, edge_slot), xw.reshape(e, width))
-        padded_y = sh.new_zeros(n, num_slots, sh.shape[1]).index_put((edge_dst, edge_slot), sh)
-        # (N, m, paths·mul): the long dimension last suits the small matmuls best
-        a = torch.bmm(padded_y.transpose(1, 2), padded_x).view(n, -1, paths, mul)
-        return torch.cat([a[:, s, k, :].transpose(1, 2).reshape(n, -1) for k, s in self.sources], dim=1)
+        rows = n if table.rows is None else table.rows.shape[0]
+        where = (table.edge_row, table.edge_slot)
+        padded_x = x.new_zeros(rows, table.num_slots, width).index_put(where, xw.reshape(e, width))
+        padded_y = sh.new_zeros(rows, table.num_slots, sh.shape[1]).index_put(where, sh)
+        # (rows, m, paths·mul): the long dimension last suits the small matmuls best
+        a = torch.bmm(padded_y.transpose(1, 2), padded_x).view(rows, -1, paths, mul)
+        out = torch.cat([a[:, s, k, :].transpose(1, 2).reshape(rows, -1) for k, s in self.sources], dim=1)
+        if table.rows is not None:
+            out = out.new_zeros(n, out.shape[1]).index_copy(0, table.rows, out)
+        return out
