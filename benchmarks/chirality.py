@@ -46,6 +46,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     variant = "invariant-lmax0" if args.invariant else f"lmax{args.lmax}-both-c{args.channels}"
     variant += f"-l{args.layers}" if args.layers != 2 else ""
+    variant += f"-{args.budget_minutes:g}min" if args.budget_minutes != 10.0 else ""
     out = REPO / "runs" / f"chirality-{variant}"
     frames = ase.io.read(str(DATA / "xtb/chirality/train.xyz"), ":")
     split = {name: [a for a in frames if (a.info["molecule"] in TEST) == (name == "test")
