@@ -142,7 +142,7 @@ class EquipotFix:
                                               layer_edges=needed_edges(src, dst, n, nlocal, layers))
         energy = energies[:nlocal].sum()
         (grad,) = torch.autograd.grad(energy, pos)
-        return float(energy), -grad.detach().to(torch.float64).numpy()
+        return float(energy.detach()), -grad.detach().to(torch.float64).numpy()
 
     def _reverse_communicate(self, local_tags: np.ndarray, ghost_tags: np.ndarray, ghost_forces: np.ndarray) -> np.ndarray:
         """Σ of the ghost forces of every rank whose tags are this rank's local atoms."""
