@@ -96,6 +96,7 @@ def main() -> None:
               "Boxes of randomly rotated acetylacetone copies, 400 Å³ per molecule (15 atoms: one open molecule); "
               "neighbour list included; `python benchmarks/speed.py MODEL --threads T --dtype D`.", ""]
     lines += speed_section()
+    lines += simple_section("flops")
     lines += simple_section("nve_drift") + simple_section("data_memory")
     lines += ["## Typed outputs (issue 3)", ""] + sections("dipoles-") + sections("chirality-")
     lines += ["## Long-range electrostatics (issue 4)", ""] + [x for name in ("dimers", "ionic", "lode")
