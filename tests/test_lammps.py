@@ -12,7 +12,7 @@ import torch
 from ase import Atoms
 
 from equipot.calculator import EquipotCalculator
-from equipot.config import ModelConfig
+from equipot.config import LongRangeConfig, ModelConfig
 from equipot.data import Statistics
 from equipot.model import build_model, save_model
 
@@ -81,3 +81,23 @@ def test_lammps_matches_the_ase_calculator_on_one_and_two_ranks(two_layer_model,
         assert got["energy"] == pytest.approx(expected_e, abs=1e-8)
         np.testing.assert_allclose(got["stress"], expected_s, atol=1e-9)
         assert np.isfinite(got["drift"])
+
+
+def test_long_range_models_are_refused(tmp_path):
+    from equipot.lammps import EquipotFix
+
+    torch.manual_seed(0)
+    config = ModelConfig(r_max=3.0, num_layers=1, channels=4, lmax=1, correlation=1, num_basis=4, radial_hidden=[8],
+                         readout_hidden=4, long_range=LongRangeConfig(smearing=1.0))
+    stats = Statistics(species=[1, 8], e0={1: 0.0, 8: 0.0}, energy_shift=0.0, energy_scale=1.0, avg_num_neighbors=3.0)
+    path = tmp_path / "lr.safetensors"
+    save_model(str(path), build_model(config, stats), config, stats)
+    with pytest.raises(NotImplementedError, match="long-range"):
+        EquipotFix(None, str(path), ["H", "O"])
+
+
+def test_unknown_element_symbol(two_layer_model):
+    from equipot.lammps import EquipotFix
+
+    with pytest.raises(ValueError, match="unknown element symbols"):
+        EquipotFix(None, two_layer_model, ["H", "Cx"])
