@@ -148,13 +148,12 @@ class Trainer:
                 terms = squared_error_terms(self.model(graph, training=True), graph, weights)
                 loss = combine(terms, self._global_counts(terms), weights)
                 loss.backward()
-            self.world.sum_gradients(parameters)
+            # the loss of the global batch (the processes' parts summed) rides with the gradients
+            part = float(loss.detach()) if loss is not None else 0.0
+            total, n = total + self.world.sum_gradients(parameters, extra=part), n + 1
             self.optimizer.step()
             if self.ema:
                 self.ema.update(self.model)
-            # the loss of the global batch: the processes' parts summed
-            part = torch.tensor(float(loss.detach()) if loss is not None else 0.0, dtype=torch.float64)
-            total, n = total + float(self.world.sum(part)), n + 1
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{total / n:.4g}")

@@ -39,21 +39,23 @@ class World:
                 tensor.copy_(moved)
         return tensor
 
-    def sum_gradients(self, parameters: Sequence[torch.nn.Parameter]) -> None:
-        """Sum the gradients over processes in one message (a missing gradient counts as zero)."""
+    def sum_gradients(self, parameters: Sequence[torch.nn.Parameter], extra: float = 0.0) -> float:
+        """Sum the gradients over processes in one message (a missing gradient counts as zero);
+        ``extra`` (e.g. this process's part of the loss) rides along and its sum is returned."""
         if not self.distributed:
-            return
+            return extra
         parameters = list(parameters)
         flat = torch.cat([
             (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(torch.float64)
             for p in parameters
-        ])
+        ] + [torch.tensor([extra], dtype=torch.float64)])
         self.sum(flat)
         start = 0
         for p in parameters:
             n = p.numel()
             p.grad = flat[start:start + n].view_as(p).to(p.dtype)
             start += n
+        return float(flat[-1])
 
     def union(self, names: List[str]) -> List[str]:
         """Sorted union of ``names`` over processes."""
