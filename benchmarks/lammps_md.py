@@ -8,14 +8,13 @@ import resource
 import sys
 import time
 
-import ase.data
 import ase.io
 import numpy as np
 import torch
 from mpi4py import MPI
 from lammps import lammps
 
-from equipot.lammps import EquipotFix
+from equipot.lammps import EquipotFix, create_system
 
 
 def main() -> None:
@@ -23,23 +22,9 @@ def main() -> None:
     torch.set_num_threads(1)
     comm = MPI.COMM_WORLD
     atoms = ase.io.read(structure)
-    cell = atoms.cell.array
     elements = ["H", "C", "O"]
     lmp = lammps(comm=comm, cmdargs=["-log", "none", "-screen", "none"])
-    lmp.commands_string(f"""
-        units metal
-        atom_style atomic
-        atom_modify map yes
-        boundary p p p
-        region box prism 0 {cell[0, 0]} 0 {cell[1, 1]} 0 {cell[2, 2]} {cell[1, 0]} {cell[2, 0]} {cell[2, 1]} units box
-        create_box 3 box
-        neighbor 1.0 bin
-        neigh_modify every 1 delay 0 check yes
-    """)
-    types = [elements.index(s) + 1 for s in atoms.get_chemical_symbols()]
-    lmp.create_atoms(len(atoms), list(range(1, len(atoms) + 1)), types, atoms.positions.reshape(-1).tolist())
-    for k, symbol in enumerate(elements):
-        lmp.command(f"mass {k + 1} {ase.data.atomic_masses[ase.data.atomic_numbers[symbol]]}")
+    create_system(lmp, atoms, elements)
     fix = EquipotFix(lmp, model, elements, dtype="float32")
     fix.install()
     lmp.commands_string("""

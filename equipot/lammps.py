@@ -62,6 +62,38 @@ def needed_edges(src: np.ndarray, dst: np.ndarray, n: int, nlocal: int, layers: 
     return [torch.as_tensor(np.nonzero(hops[dst] <= layers - t)[0]) for t in range(1, layers + 1)]
 
 
+def create_system(lmp, atoms, elements: Sequence[str]) -> None:
+    """Define a periodic LAMMPS system (units metal) holding the ASE ``atoms``.
+
+    The cell must be lower triangular (LAMMPS's convention), so positions need no rotation;
+    atom type k + 1 is ``elements[k]``, with its standard mass; neighbour lists are rebuilt
+    whenever an atom moved half the 1 Å skin.
+    """
+    from ase.data import atomic_masses
+
+    cell = np.asarray(atoms.cell.array, dtype=np.float64)
+    if abs(cell[0, 1]) + abs(cell[0, 2]) + abs(cell[1, 2]) > 1e-12:
+        raise ValueError("the cell must be lower triangular (a along x, b in the xy plane), as LAMMPS needs")
+    symbols = atoms.get_chemical_symbols()
+    unknown = sorted(set(symbols) - set(elements))
+    if unknown:
+        raise ValueError(f"elements {unknown} of the structure are not among the atom types {list(elements)}")
+    lmp.commands_string(f"""
+        units metal
+        atom_style atomic
+        atom_modify map yes
+        boundary p p p
+        region box prism 0 {cell[0, 0]} 0 {cell[1, 1]} 0 {cell[2, 2]} {cell[1, 0]} {cell[2, 0]} {cell[2, 1]} units box
+        create_box {len(elements)} box
+        neighbor 1.0 bin
+        neigh_modify every 1 delay 0 check yes
+    """)
+    types = [list(elements).index(s) + 1 for s in symbols]
+    lmp.create_atoms(len(atoms), list(range(1, len(atoms) + 1)), types, atoms.positions.reshape(-1).tolist())
+    for k, symbol in enumerate(elements):
+        lmp.command(f"mass {k + 1} {atomic_masses[atomic_numbers[symbol]]}")
+
+
 class EquipotFix:
     """A model coupled to a LAMMPS instance through a ``fix external`` callback."""
 

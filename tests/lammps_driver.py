@@ -2,8 +2,8 @@
 
     mpirun -np N python tests/lammps_driver.py MODEL STRUCTURE.xyz OUT.json SYMBOL [SYMBOL ...]
 
-The structure's cell must be lower triangular (LAMMPS's own convention), so positions and
-forces need no rotation. Writes energy, forces (ordered as in the file) and stress (ASE
+The structure's cell must be lower triangular (LAMMPS's own convention, see
+equipot.lammps.create_system), so positions and forces need no rotation. Writes energy, forces (ordered as in the file) and stress (ASE
 sign, eV/Å³) after `run 0`, then runs a few NVE steps and records the energy drift.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 from mpi4py import MPI
 from lammps import lammps
 
-from equipot.lammps import EquipotFix
+from equipot.lammps import EquipotFix, create_system
 
 BAR_PER_EV_A3 = 1.602176634e6
 
@@ -23,25 +23,9 @@ BAR_PER_EV_A3 = 1.602176634e6
 def main() -> None:
     model, structure, out, *elements = sys.argv[1:]
     atoms = ase.io.read(structure)
-    cell = atoms.cell.array
-    assert abs(cell[0, 1]) + abs(cell[0, 2]) + abs(cell[1, 2]) < 1e-12, "cell must be lower triangular"
     lmp = lammps(comm=MPI.COMM_WORLD, cmdargs=["-log", "none", "-screen", "none"])
-    lmp.commands_string(f"""
-        units metal
-        atom_style atomic
-        atom_modify map yes
-        boundary p p p
-        region box prism 0 {cell[0, 0]} 0 {cell[1, 1]} 0 {cell[2, 2]} {cell[1, 0]} {cell[2, 0]} {cell[2, 1]} units box
-        create_box {len(elements)} box
-        neighbor 1.0 bin
-        neigh_modify every 1 delay 0 check yes
-        thermo_style custom step pe ke etotal pxx pyy pzz pxy pxz pyz
-    """)
-    types = [elements.index(s) + 1 for s in atoms.get_chemical_symbols()]
-    lmp.create_atoms(len(atoms), list(range(1, len(atoms) + 1)), types, atoms.positions.reshape(-1).tolist())
-    for k, symbol in enumerate(elements):
-        mass = ase.data.atomic_masses[ase.data.atomic_numbers[symbol]]
-        lmp.command(f"mass {k + 1} {mass}")
+    create_system(lmp, atoms, elements)
+    lmp.command("thermo_style custom step pe ke etotal pxx pyy pzz pxy pxz pyz")
     fix = EquipotFix(lmp, model, elements)
     fix.install()
     lmp.command("run 0")
@@ -65,6 +49,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    import ase.data  # noqa: F401  (masses)
-
     main()
