@@ -72,26 +72,26 @@ class AtomicGraph:
         )
 
 
-def is_mirrored(edge_src: torch.Tensor, edge_dst: torch.Tensor, edge_shift: torch.Tensor) -> bool:
-    """Whether the second half of the edges reverses the first, edge by edge."""
-    e = edge_src.shape[0]
-    if e % 2:
-        return False
-    h = e // 2
-    return (torch.equal(edge_src[h:], edge_dst[:h]) and torch.equal(edge_dst[h:], edge_src[:h])
-            and torch.equal(edge_shift[h:], -edge_shift[:h]))
-
-
-def mirrored_half(edge_vec: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor) -> Optional[int]:
-    """H if edge H + e is edge e reversed (vectors exactly opposite) for all e < H, else None."""
+def _reversed_half(edge_src: torch.Tensor, edge_dst: torch.Tensor, values: torch.Tensor) -> Optional[int]:
+    """H if edge H + e swaps the source and destination of edge e and negates its ``values``."""
     e = edge_src.shape[0]
     if e == 0 or e % 2:
         return None
     h = e // 2
     if torch.equal(edge_src[h:], edge_dst[:h]) and torch.equal(edge_dst[h:], edge_src[:h]) \
-            and torch.equal(edge_vec[h:], -edge_vec[:h]):
+            and torch.equal(values[h:], -values[:h]):
         return h
     return None
+
+
+def is_mirrored(edge_src: torch.Tensor, edge_dst: torch.Tensor, edge_shift: torch.Tensor) -> bool:
+    """Whether the second half of the edges reverses the first, edge by edge."""
+    return _reversed_half(edge_src, edge_dst, edge_shift) is not None
+
+
+def mirrored_half(edge_vec: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor) -> Optional[int]:
+    """H if edge H + e is edge e reversed (vectors exactly opposite) for all e < H, else None."""
+    return _reversed_half(edge_src, edge_dst, edge_vec)
 
 
 def batch_graphs(graphs: List[AtomicGraph]) -> AtomicGraph:

@@ -156,6 +156,15 @@ class ConfigurationStore(SequenceABC):
         state["_file"], state["_pid"] = None, None
         return state
 
+    def require(self, names: Sequence[str]) -> None:
+        """Raise unless every structure carries each label in ``names``."""
+        f = self._h5()
+        for name in names:
+            if name not in self.target_names or not f["targets"][name]["present"][:].all():
+                how = "lacks them" if name not in self.target_names else "misses some"
+                raise DataError(f"{self.path}: the training needs {name} labels on every structure, and the store "
+                                f"{how}; convert the data again")
+
     def species(self) -> List[int]:
         """Atomic numbers present, read in chunks."""
         f, seen = self._h5(), set()

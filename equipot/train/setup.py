@@ -66,14 +66,7 @@ def read_data(path: str, kwargs: dict) -> Sequence[Configuration]:
     if not is_store(path):
         return read_configurations(path, **kwargs)
     store = ConfigurationStore(path, fields=kwargs["fields"])
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        for name in kwargs["required"]:
-            stored = "stress" if name == "virial" else name
-            if stored not in store.target_names or not f["targets"][stored]["present"][:].all():
-                raise DataError(f"{path}: the training needs {stored} labels on every structure, and the store "
-                                f"{'lacks them' if stored not in store.target_names else 'misses some'}; convert the data again")
+    store.require(["stress" if name == "virial" else name for name in kwargs["required"]])
     return store
 
 
