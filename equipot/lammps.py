@@ -181,11 +181,10 @@ class EquipotFix:
         out = np.zeros((len(local_tags), 3))
         order = np.argsort(local_tags)
         sorted_tags = local_tags[order]
-        for tags, forces in self.comm.allgather((ghost_tags, ghost_forces)):
-            if len(tags) == 0:
+        for tags, forces in self.comm.allgather((ghost_tags, ghost_forces)):  # every rank takes part
+            if len(tags) == 0 or len(sorted_tags) == 0:
                 continue
-            k = np.searchsorted(sorted_tags, tags)
-            k = np.clip(k, 0, max(len(sorted_tags) - 1, 0))
-            mine = (len(sorted_tags) > 0) & (sorted_tags[k] == tags) if len(sorted_tags) else np.zeros(len(tags), bool)
+            k = np.minimum(np.searchsorted(sorted_tags, tags), len(sorted_tags) - 1)
+            mine = sorted_tags[k] == tags
             np.add.at(out, order[k[mine]], forces[mine])
         return out
