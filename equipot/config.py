@@ -49,7 +49,7 @@ class LongRangeConfig:
 
     method: str = "auto"  # auto (direct for molecules, Ewald, PME for large cells), direct, ewald, pme
     smearing: float = 1.0  # Å: pairs interact through erf(r / (√2 σ)) / r
-    accuracy: float = 1e-5  # relative accuracy of the reciprocal-space sum
+    accuracy: float = 1e-4  # relative RMS error of the long-range forces (PME mesh, Ewald k-cutoff)
     pme_min_atoms: int = 150  # with auto: periodic structures with at least this many atoms use PME (faster from ~100 atoms here)
 
 

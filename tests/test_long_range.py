@@ -13,6 +13,7 @@ from ase.build import bulk, molecule
 from equipot.config import ConfigError, LongRangeConfig, ModelConfig, config_from_dict
 from equipot.data import Configuration, Statistics, make_batch, to_graph
 from equipot.electrostatics import Electrostatics, LongRangeError
+from equipot.electrostatics.coulomb import MeshPME, fft_size
 from equipot.geometry import apply_strain, symmetric_strain
 from equipot.model import build_model
 
@@ -110,6 +111,36 @@ def test_ewald_and_pme_agree_within_the_stated_accuracy():
     assert abs(e1 - e2) / len(charges) < 1e-4  # < 0.1 meV/atom
     assert np.abs(f1 - f2).max() < 1e-3  # < 1 meV/Å
     assert np.abs(w1 - w2).max() / np.abs(w1).max() < 1e-3
+
+
+def test_fft_sizes():
+    assert [fft_size(n) for n in (1, 7, 11, 14, 97, 127, 129, 178)] == [1, 8, 12, 15, 100, 128, 135, 180]
+
+
+def test_mesh_pme_equals_torchpme_on_the_same_mesh():
+    """Our mesh choice around torch-pme's interpolation and k-space filter changes nothing else."""
+    from torchpme import CoulombPotential, PMECalculator
+    from torchpme.lib.kvectors import get_ns_mesh
+
+    charges, positions, cell = random_cell(np.random.default_rng(3), n=30, length=9.0)
+    q, pos, c = (torch.as_tensor(x, dtype=torch.float64) for x in (charges[:, None], positions, cell))
+    empty = (torch.zeros((0, 2), dtype=torch.long), torch.zeros(0, dtype=torch.float64))
+    potential = CoulombPotential(smearing=1.0)
+    theirs = PMECalculator(potential, mesh_spacing=0.7, interpolation_nodes=5)(q, c, pos, *empty)
+    ours = MeshPME(potential, lambda cell: get_ns_mesh(cell, 0.7), interpolation_nodes=5)(q, c, pos, *empty)
+    assert torch.allclose(ours, theirs, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("accuracy", [1e-3, 1e-4, 1e-5])
+@pytest.mark.parametrize("smearing", [0.8, 1.5])
+def test_pme_meets_the_stated_accuracy(accuracy, smearing):
+    """Relative RMS error of the forces (and of energy and virial) against a converged Ewald sum."""
+    charges, positions, cell = random_cell(np.random.default_rng(4), n=60, length=11.0)
+    e0, f0, w0 = energy(Electrostatics(smearing, "ewald", accuracy=1e-10), charges, positions, cell)
+    e, f, w = energy(Electrostatics(smearing, "pme", accuracy=accuracy), charges, positions, cell)
+    assert np.sqrt(((f - f0) ** 2).mean() / (f0**2).mean()) < accuracy
+    assert abs(e - e0) < accuracy * abs(e0)
+    assert np.abs(w - w0).max() < accuracy * np.abs(w0).max()
 
 
 def test_auto_picks_pme_for_large_cells_and_agrees_with_ewald():
