@@ -29,6 +29,7 @@ VARIANTS = {
     "long-range": {
         "local": {},
         "long range": {"long_range": {"smearing": 1.0}},
+        "long range, accuracy 1e-3": {"long_range": {"smearing": 1.0, "accuracy": 1e-3}},
     },
 }
 
@@ -67,7 +68,8 @@ def time_models(kind: str, threads: int, sizes, repeats: int):
     write_result(f"cost-{kind}", threads, records)
     base = {r["n_atoms"]: r["us_per_atom"] for name, r in rows if name == next(iter(VARIANTS[kind]))}
     md = [f"# Cost of {kind}", "", f"Machine: {machine(threads)['cpu']}, {threads} thread(s), float32; energy + forces "
-          f"(+ outputs) through the ASE calculator; lmax 1, 32 channels, untrained. Command: `python benchmarks/cost.py {kind} --threads {threads}`",
+          f"(+ outputs) through the ASE calculator; lmax 1, 32 channels, untrained; median of {repeats} calls. "
+          f"Command: `python benchmarks/cost.py {' '.join(sys.argv[1:])}`",
           "", "| model | atoms | µs/atom/step | relative to the first row |", "|---|---|---|---|"]
     md += [f"| {name} | {r['n_atoms']} | {r['us_per_atom']:.1f} | {r['us_per_atom'] / base[r['n_atoms']]:.2f}× |" for name, r in rows]
     (DOCS / f"cost-{kind}.md").write_text("\n".join(md) + "\n")

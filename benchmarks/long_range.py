@@ -99,6 +99,7 @@ def train_and_record(args):
     variant = "long-range" if args.long_range else "local"
     if args.supervise_charges:
         variant += "-charges"
+    variant += f"-{args.tag}" if args.tag else ""
     out = REPO / "runs" / f"long_range-{args.set}-{variant}"
     train_path, test_path = split_files(spec, out.parent / f"long_range-{args.set}-data")
     model_cfg = {"r_max": 5.0, "channels": args.channels, "lmax": 1, "parity": "natural", "correlation": 3,
@@ -164,8 +165,9 @@ def compare(args):
     import matplotlib.pyplot as plt
 
     runs = {}
+    tag = f"-{args.tag}" if args.tag else ""
     for variant in ("local", "long-range", "long-range-charges"):
-        path = DOCS / f"long_range-{args.set}-{variant}.json"
+        path = DOCS / f"long_range-{args.set}-{variant}{tag}.json"
         if path.exists() or variant != "long-range-charges":
             runs[variant] = json.loads(path.read_text())
     lines = [f"# Long range, {args.set}: local vs long-range model (same 5 Å cutoff, same network)", "",
@@ -183,7 +185,7 @@ def compare(args):
         lines.append("")
         lines += [f"{v}: {rec['records'][0]['epochs']} epochs in {rec['records'][0]['train_wall_s'] / 60:.1f} min."
                   for v, rec in runs.items()]
-        (DOCS / f"long_range-{args.set}.md").write_text("\n".join(lines) + "\n")
+        (DOCS / f"long_range-{args.set}{tag}.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
         return
     for lo, hi in BINS:
@@ -207,8 +209,8 @@ def compare(args):
         if not SETS[args.set]["x"] and v == "long-range-charges":
             continue
         lines.append(f"\n{v}: {meta['epochs']} epochs in {meta['train_wall_s'] / 60:.1f} min, {meta['n_params']} parameters.")
-    lines += ["", f"![binned errors](long_range-{args.set}.png)", "", f"![binding curves](long_range-{args.set}-curves.png)"]
-    (DOCS / f"long_range-{args.set}.md").write_text("\n".join(lines) + "\n")
+    lines += ["", f"![binned errors](long_range-{args.set}{tag}.png)", "", f"![binding curves](long_range-{args.set}{tag}-curves.png)"]
+    (DOCS / f"long_range-{args.set}{tag}.md").write_text("\n".join(lines) + "\n")
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     present = [(lo, hi) for lo, hi in BINS if (f"test {lo}-{hi} A", "energy_rmse") in table["local"]]
@@ -222,10 +224,10 @@ def compare(args):
     ax.set_ylabel("energy RMSE (meV)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(DOCS / f"long_range-{args.set}.png", dpi=110)
+    fig.savefig(DOCS / f"long_range-{args.set}{tag}.png", dpi=110)
     plt.close(fig)
 
-    per = {v: json.loads((REPO / "runs" / f"long_range-{args.set}-{v}-per_structure.json").read_text()) for v in runs}
+    per = {v: json.loads((REPO / "runs" / f"long_range-{args.set}-{v}{tag}-per_structure.json").read_text()) for v in runs}
     pairs = {}
     for p in per["local"]["pair"]:
         pairs[p] = pairs.get(p, 0) + 1
@@ -259,7 +261,7 @@ def compare(args):
     for ax in list(axes.flat)[len(chosen):]:
         ax.set_visible(False)
     fig.tight_layout()
-    fig.savefig(DOCS / f"long_range-{args.set}-curves.png", dpi=110)
+    fig.savefig(DOCS / f"long_range-{args.set}{tag}-curves.png", dpi=110)
     plt.close(fig)
     print("\n".join(lines))
 
@@ -274,6 +276,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--channels", type=int, default=32)
     p.add_argument("--smearing", type=float, default=1.0)
+    p.add_argument("--tag", default="", help="suffix of the variant names (e.g. a longer budget); --compare reads the same")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     compare(args) if args.compare else train_and_record(args)
