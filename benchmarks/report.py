@@ -96,15 +96,16 @@ def main() -> None:
               "Boxes of randomly rotated acetylacetone copies, 400 Å³ per molecule (15 atoms: one open molecule); "
               "neighbour list included; `python benchmarks/speed.py MODEL --threads T --dtype D`.", ""]
     lines += speed_section()
+    lines += sections("peers-speed")  # peers run in their own venvs in the same run (benchmarks/peers.py)
     lines += simple_section("flops")
     lines += simple_section("nve_drift") + simple_section("data_memory")
     lines += ["## Typed outputs (issue 3)", ""] + sections("dipoles-") + sections("chirality-")
     lines += ["## Long-range electrostatics (issue 4)", ""] + [x for name in ("dimers", "ionic", "lode")
                                                            for x in simple_section(f"long_range-{name}", "##")]
+    lines += sections("long_range-dimers-35min")
     lines += ["## What the extra physics costs", ""] + sections("cost-")
     lines += ["## Parallel runs (issue 6)", ""] + sections("parallel-")
     (REPO / "docs" / "benchmarks.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":
