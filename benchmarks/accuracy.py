@@ -91,6 +91,7 @@ def main() -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=5)
+    p.add_argument("--forces-weight", type=float, default=100.0, help="loss weight of the forces (energy per atom: 1)")
     p.add_argument("--variant", default=None)
     p.add_argument("--out", default=None, help="training output folder (default runs/<dataset>)")
     p.add_argument("--eval-only", action="store_true", help="evaluate the model already trained in --out")
@@ -119,7 +120,7 @@ def main() -> None:
         "training": {"dtype": args.dtype, "threads": args.threads, "batch_size": args.batch_size,
                      "lr": args.lr, "max_epochs": 100000, "max_minutes": args.budget_minutes,
                      "patience": 100000, "scheduler": "plateau", "lr_patience": 10, "lr_factor": 0.8,
-                     "ema_decay": 0.99, "loss": {"energy": 1.0, "forces": 100.0}},
+                     "ema_decay": 0.99, "loss": {"energy": 1.0, "forces": args.forces_weight}},
     }, "benchmark config")
     if args.eval_only:  # the training run's own record of epochs and wall-clock
         import csv
