@@ -1,6 +1,7 @@
 """equipot, MACE and NequIP side by side on this machine, each peer in its own virtual environment.
 
     python benchmarks/peers.py speed --threads 1 --sizes 15 120 960 --dtype float32
+    python benchmarks/peers.py train acac --budget-minutes 25 --threads 1 --peers mace
 
 The harness creates runs/peers/<peer>/ (a venv: torch==2.13.0 first, so no CUDA build is pulled,
 then the peer at the version below; MACE pins e3nn 0.4.4 and cannot share our environment) the
@@ -11,6 +12,15 @@ median of --repeats calls after two warm-up calls, one fresh process per model a
 peak memory is that size's). Peer models are untrained, built as in ../shared/bench/peers.md
 (the time does not depend on the weights); equipot's are untrained too, at the settings of the
 accuracy benchmarks. Writes docs/benchmarks/peers-speed-<dtype>-t<threads>.json/.md/.png.
+
+``train`` trains a peer for a wall-clock budget with the recipe of ../shared/bench/peers.md (the
+same seeded 450 / 50 split of train_300K for every model, E0s from isolated_atoms.xyz, loss
+1 × per-atom energy + 100 × forces, Adam lr 0.01, EMA 0.99, batch 5) through the peer's own
+command line, then evaluates the test files with the peer's own evaluation and computes the
+errors here. MACE has no wall-clock limit: it is stopped at the budget and restarted from its
+latest checkpoint with no epochs left, which makes it write its model as usual; NequIP stops
+itself (Lightning's max_time; benchmarks/peer_nequip.py). Writes
+docs/benchmarks/peers-<dataset>-<peer>.json/.md (equipot's own figures: benchmarks/accuracy.py).
 """
 
 import argparse
@@ -18,6 +28,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -166,16 +177,134 @@ def speed(args) -> None:
     print("\n".join(md))
 
 
+TRAIN_SETS = {"acac": {"train": "acac/train_300K.xyz", "n_valid": 50, "e0s": "acac/isolated_atoms.xyz",
+                       "tests": ["test_MD_300K", "test_MD_600K"]}}
+
+
+def split_files(dataset: str):
+    """The seeded train / validation split every peer gets (written once)."""
+    import ase.io
+
+    from common import DATA
+
+    spec = TRAIN_SETS[dataset]
+    folder = REPO / "runs" / "peers" / f"data-{dataset}"
+    train, valid = folder / "train.xyz", folder / "valid.xyz"
+    if not valid.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        frames = ase.io.read(str(DATA / spec["train"]), ":")
+        order = np.random.default_rng(1234).permutation(len(frames))
+        ase.io.write(str(valid), [frames[i] for i in sorted(order[: spec["n_valid"]])])
+        ase.io.write(str(train), [frames[i] for i in sorted(order[spec["n_valid"]:])])
+    e0s = {int(a.numbers[0]): a.get_potential_energy() for a in ase.io.read(str(DATA / spec["e0s"]), ":")}
+    return train, valid, e0s
+
+
+def errors(reference: str, predicted: str, energy_key: str, forces_key: str) -> dict:
+    """Energy (meV per structure) and force (meV/Å) RMSE and MAE of a peer's predictions."""
+    import ase.io
+
+    ref = ase.io.read(reference, ":")
+    pred = ase.io.read(predicted, ":")
+    de = np.array([p.info[energy_key] - r.get_potential_energy() for r, p in zip(ref, pred)]) * 1000
+    df = np.concatenate([(p.arrays[forces_key] - r.get_forces()).ravel() for r, p in zip(ref, pred)]) * 1000
+    rms = lambda x: float(np.sqrt(np.mean(x**2)))
+    return {"energy_rmse": rms(de), "energy_mae": float(np.abs(de).mean()), "forces_rmse": rms(df),
+            "forces_mae": float(np.abs(df).mean())}
+
+
+def train_mace(python, args, env) -> dict:
+    """Train MACE (peers.md's settings) for the budget; returns epochs, wall-clock, per-test errors."""
+    import glob
+    import time
+
+    from common import DATA
+
+    train, valid, e0s = split_files(args.dataset)
+    work = REPO / "runs" / "peers" / f"train-{args.dataset}-mace"
+    work.mkdir(parents=True, exist_ok=True)
+    bin_dir = Path(python).parent
+    common = ["--name", "acac", "--work_dir", str(work), "--train_file", str(train), "--valid_file", str(valid),
+              "--E0s", repr(e0s), "--energy_key", "energy", "--forces_key", "forces", "--model", "MACE",
+              "--hidden_irreps", "64x0e+64x1o", "--max_ell", "3", "--correlation", "3", "--num_interactions", "2",
+              "--r_max", "5.0", "--batch_size", "5", "--valid_batch_size", "10", "--lr", "0.01", "--ema",
+              "--ema_decay", "0.99", "--loss", "weighted", "--energy_weight", "1", "--forces_weight", "100",
+              "--default_dtype", "float64", "--device", "cpu", "--seed", "1234", "--eval_interval", "1"]
+    log = open(work / "train.log", "w")
+    start = time.time()
+    try:
+        subprocess.run([str(bin_dir / "mace_run_train"), *common, "--max_num_epochs", "100000"], stdout=log,
+                       stderr=subprocess.STDOUT, env=env, timeout=60 * args.budget_minutes)
+    except subprocess.TimeoutExpired:
+        pass  # the budget is over; the latest checkpoint holds the model
+    wall = time.time() - start
+    epochs = [int(p.rsplit("epoch-", 1)[1].split(".")[0]) for p in glob.glob(str(work / "checkpoints" / "*epoch-*.pt"))]
+    if not epochs:
+        return {"error": "no checkpoint within the budget"}
+    subprocess.run([str(bin_dir / "mace_run_train"), *common, "--max_num_epochs", str(max(epochs)), "--restart_latest"],
+                   stdout=log, stderr=subprocess.STDOUT, env=env, check=True)
+    model = work / "acac.model"
+    results = {"epochs": max(epochs) + 1, "train_wall_s": wall, "tests": {}}
+    for test in TRAIN_SETS[args.dataset]["tests"]:
+        reference = DATA / args.dataset / f"{test}.xyz"
+        out = work / f"{test}_pred.xyz"
+        subprocess.run([str(bin_dir / "mace_eval_configs"), "--configs", str(reference), "--model", str(model),
+                        "--output", str(out), "--default_dtype", "float64"], stdout=log, stderr=subprocess.STDOUT,
+                       env=env, check=True)
+        results["tests"][test] = errors(str(reference), str(out), "MACE_energy", "MACE_forces")
+    return results
+
+
+def train(args) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    for peer in args.peers:
+        python, why = peer_python(peer)
+        if python is None:
+            result = {"error": f"not installable here: {why}"}
+        elif peer == "mace":
+            result = train_mace(python, args, env)
+        else:
+            from common import DATA
+            from peer_nequip import train_nequip
+
+            train_file, valid_file, e0s = split_files(args.dataset)
+            tests = {t: DATA / args.dataset / f"{t}.xyz" for t in TRAIN_SETS[args.dataset]["tests"]}
+            result = train_nequip(python, REPO / "runs" / "peers" / f"train-{args.dataset}-nequip", train_file,
+                                  valid_file, e0s, tests, args.budget_minutes, args.threads, env)
+        records, rows = [], []
+        for test, err in result.get("tests", {}).items():
+            for metric, value in err.items():
+                records.append({"model": peer, "variant": PEER_LABELS[peer], "dataset": args.dataset, "split": test,
+                                "metric": metric, "value": round(value, 3), "unit": "meV" if "energy" in metric else "meV/A",
+                                "train_wall_s": round(result["train_wall_s"]), "epochs": result["epochs"]})
+            rows.append(f"| {test} | {err['energy_rmse']:.2f} | {err['forces_rmse']:.2f} | {err['energy_mae']:.2f} | "
+                        f"{err['forces_mae']:.2f} |")
+        name = f"peers-{args.dataset}-{peer}"
+        write_result(name, args.threads, records, extra={"error": result["error"]} if "error" in result else None)
+        md = [f"# {args.dataset}: {PEER_LABELS[peer]}, {args.budget_minutes:g} min budget, its own venv", "",
+              f"Machine: {machine(args.threads)['cpu']}, {args.threads} thread(s); "
+              + (f"{result['epochs']} epochs in {result['train_wall_s'] / 60:.1f} min; " if "epochs" in result else "")
+              + f"command: `python benchmarks/peers.py {' '.join(sys.argv[1:])}`", ""]
+        if "error" in result:
+            md.append(f"Not run: {result['error']}.")
+        else:
+            md += ["| split | E RMSE (meV) | F RMSE (meV/Å) | E MAE (meV) | F MAE (meV/Å) |", "|---|---|---|---|---|"] + rows
+        (DOCS / f"{name}.md").write_text("\n".join(md) + "\n")
+        print("\n".join(md), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("kind", choices=["speed"])
+    p.add_argument("kind", choices=["speed", "train"])
+    p.add_argument("dataset", nargs="?", default="acac", choices=sorted(TRAIN_SETS))
+    p.add_argument("--budget-minutes", type=float, default=25.0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--sizes", type=int, nargs="+", default=[15, 120, 960])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--peers", nargs="+", default=sorted(PEERS), choices=sorted(PEERS))
     args = p.parse_args()
-    speed(args)
+    speed(args) if args.kind == "speed" else train(args)
 
 
 if __name__ == "__main__":
