@@ -196,7 +196,7 @@ def split_files(dataset: str):
         order = np.random.default_rng(1234).permutation(len(frames))
         ase.io.write(str(valid), [frames[i] for i in sorted(order[: spec["n_valid"]])])
         ase.io.write(str(train), [frames[i] for i in sorted(order[spec["n_valid"]:])])
-    e0s = {int(a.numbers[0]): a.get_potential_energy() for a in ase.io.read(str(DATA / spec["e0s"]), ":")}
+    e0s = {int(a.numbers[0]): float(a.get_potential_energy()) for a in ase.io.read(str(DATA / spec["e0s"]), ":")}
     return train, valid, e0s
 
 
@@ -244,7 +244,11 @@ def train_mace(python, args, env) -> dict:
     subprocess.run([str(bin_dir / "mace_run_train"), *common, "--max_num_epochs", str(max(epochs)), "--restart_latest"],
                    stdout=log, stderr=subprocess.STDOUT, env=env, check=True)
     model = work / "acac.model"
-    results = {"epochs": max(epochs) + 1, "train_wall_s": wall, "tests": {}}
+    import re
+
+    logged = [int(m) for m in re.findall(r"Epoch (\d+)", (work / "train.log").read_text())]
+    # epochs evaluated within the budget (MACE counts from 0); the model is the best checkpoint's
+    results = {"epochs": max(logged, default=max(epochs)) + 1, "best_epoch": max(epochs), "train_wall_s": wall, "tests": {}}
     for test in TRAIN_SETS[args.dataset]["tests"]:
         reference = DATA / args.dataset / f"{test}.xyz"
         out = work / f"{test}_pred.xyz"
