@@ -97,6 +97,7 @@ def main() -> None:
               "neighbour list included; `python benchmarks/speed.py MODEL --threads T --dtype D`.", ""]
     lines += speed_section()
     lines += sections("peers-speed")  # peers run in their own venvs in the same run (benchmarks/peers.py)
+    lines += ["## Peers trained at equal wall-clock by the harness (benchmarks/peers.py train)", ""] + sections("peers-acac")
     lines += simple_section("flops")
     lines += simple_section("nve_drift") + simple_section("data_memory")
     lines += ["## Typed outputs (issue 3)", ""] + sections("dipoles-") + sections("chirality-")
