@@ -38,7 +38,7 @@ SEED = 1234
 
 # Runs in the NequIP venv: loads a checkpoint (EMA weights) through nequip's API and writes, for
 # every test file, its frames with the predicted energy and forces; prints one JSON line with the
-# training progress recorded in the last checkpoint.
+# list of the files it evaluated (the training progress is read from Lightning's CSV log).
 EVALUATE = r'''
 import json, sys
 
@@ -52,9 +52,6 @@ from nequip.utils.global_state import set_global_state
 spec = json.load(open(sys.argv[1]))
 torch.set_num_threads(spec["threads"])
 set_global_state()  # nequip's float64 data / TF32 settings, as in nequip-train
-last = torch.load(spec["last"], map_location="cpu", weights_only=False)
-progress = {"epoch": int(last["epoch"]), "global_step": int(last["global_step"])}
-del last
 # ModelFromCheckpoint gives the evaluation model (EMA weights swapped in) as a ModuleDict
 model = ModelFromCheckpoint(spec["checkpoint"], compile_mode="eager")["sole_model"].eval()
 types = spec["type_names"]
@@ -72,7 +69,7 @@ for name, (reference, out) in spec["tests"].items():
         atoms.arrays = {k: v for k, v in atoms.arrays.items() if k in ("numbers", "positions")}
         atoms.arrays["NequIP_forces"] = forces
     ase.io.write(out, frames, format="extxyz")
-print(json.dumps(progress))
+print(json.dumps({"evaluated": sorted(spec["tests"])}))
 '''
 
 
@@ -234,7 +231,7 @@ def train_nequip(python: Path, work: Path, train: Path, valid: Path, e0s: dict, 
 
     # predictions through nequip's own calculator, in its venv
     preds = {name: (str(Path(path).absolute()), str(work / f"{name}_pred.xyz")) for name, path in tests.items()}
-    spec = {"checkpoint": str(checkpoint), "last": str(work / "last.ckpt"), "threads": threads, "r_max": R_MAX,
+    spec = {"checkpoint": str(checkpoint), "threads": threads, "r_max": R_MAX,
             "type_names": [TYPE_NAMES[z] for z in sorted(TYPE_NAMES)], "tests": preds}
     (work / "evaluate.py").write_text(EVALUATE.lstrip())
     (work / "evaluate.json").write_text(json.dumps(spec, indent=2) + "\n")
@@ -244,7 +241,12 @@ def train_nequip(python: Path, work: Path, train: Path, valid: Path, e0s: dict, 
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         return {"error": f"evaluation failed: {log_tail(work / 'evaluate.log')}"}
-    progress = json.loads(lines[-1])
+    # the optimizer steps done, from Lightning's CSV log (logged every few steps and at each validation)
+    import csv
+
+    logs = sorted((work / "metrics").glob("version_*/metrics.csv"))
+    rows = list(csv.DictReader(open(logs[-1]))) if logs else []
+    progress = {"global_step": max((int(r["step"]) + 1 for r in rows if r.get("step")), default=0)}
 
     steps_per_epoch = math.ceil(len(ase.io.read(str(train), ":")) / BATCH_SIZE)  # the loader keeps the last batch
     results = {"epochs": progress["global_step"] // steps_per_epoch, "train_wall_s": wall,
