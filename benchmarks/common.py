@@ -85,3 +85,24 @@ def write_frames(path: Path, frames) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     ase.io.write(str(path), frames, format="extxyz")
     return path
+
+
+def untrained_model(folder: str, name: str, settings: dict) -> str:
+    """An untrained H/C/O model (r_max 5, natural parity, correlation 3, 2 layers, ``settings`` on top)
+    saved as runs/<folder>/<name>.safetensors, for timing: the time does not depend on the weights."""
+    import torch
+
+    from equipot.config import ModelConfig, _from_dict
+    from equipot.data import Statistics
+    from equipot.model import build_model, save_model
+
+    slug = name.replace(" ", "_").replace(",", "").replace("+", "plus")
+    path = REPO / "runs" / folder / f"{slug}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    values = {"r_max": 5.0, "parity": "natural", "correlation": 3, "num_layers": 2, **settings}
+    config = _from_dict(ModelConfig, values, "model", folder)
+    stats = Statistics(species=[1, 6, 8], e0={1: 0.0, 6: 0.0, 8: 0.0}, energy_shift=0.0, energy_scale=1.0,
+                       avg_num_neighbors=19.0)
+    torch.manual_seed(0)
+    save_model(str(path), build_model(config, stats), config, stats)
+    return str(path)

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from common import DOCS, REPO, machine, write_result
+from common import DOCS, REPO, machine, untrained_model, write_result
 
 VARIANTS = {
     "heads": {
@@ -35,21 +35,7 @@ VARIANTS = {
 
 
 def model_file(name: str, extra: dict) -> str:
-    import torch
-
-    from equipot.config import ModelConfig, _from_dict
-    from equipot.data import Statistics
-    from equipot.model import build_model, save_model
-
-    path = REPO / "runs" / "cost" / (name.replace(" ", "_").replace(",", "").replace("+", "plus") + ".safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    values = {"r_max": 5.0, "channels": 32, "lmax": 1, "parity": "natural", "correlation": 3, "num_layers": 2, **extra}
-    config = _from_dict(ModelConfig, values, "model", "cost.py")
-    stats = Statistics(species=[1, 6, 8], e0={1: 0.0, 6: 0.0, 8: 0.0}, energy_shift=0.0, energy_scale=1.0,
-                       avg_num_neighbors=19.0)
-    torch.manual_seed(0)
-    save_model(str(path), build_model(config, stats), config, stats)
-    return str(path)
+    return untrained_model("cost", name, {"channels": 32, "lmax": 1, **extra})
 
 
 def time_models(kind: str, threads: int, sizes, repeats: int):

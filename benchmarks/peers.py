@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import DOCS, REPO, machine, write_result
+from common import DOCS, REPO, machine, untrained_model, write_result
 
 PEERS = {"mace": "mace-torch==0.3.16", "nequip": "nequip==0.19.1"}
 TORCH = "torch==2.13.0"
@@ -64,21 +64,7 @@ def peer_python(peer: str):
 
 
 def equipot_model(label: str, settings: dict) -> str:
-    import torch
-
-    from equipot.config import ModelConfig, _from_dict
-    from equipot.data import Statistics
-    from equipot.model import build_model, save_model
-
-    path = REPO / "runs" / "peers" / "equipot" / (label.replace(" ", "_").replace(",", "") + ".safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    values = {"r_max": 5.0, "parity": "natural", "correlation": 3, "num_layers": 2, **settings}
-    config = _from_dict(ModelConfig, values, "model", "peers.py")
-    stats = Statistics(species=[1, 6, 8], e0={1: 0.0, 6: 0.0, 8: 0.0}, energy_shift=0.0, energy_scale=1.0,
-                       avg_num_neighbors=19.0)
-    torch.manual_seed(0)
-    save_model(str(path), build_model(config, stats), config, stats)
-    return str(path)
+    return untrained_model("peers/equipot", label, settings)
 
 
 def box_file(n_atoms: int) -> str:
