@@ -188,23 +188,21 @@ class EquipotFix:
         energies, features = self.model.energy_model(species, vec, graph.edge_src, graph.edge_dst,
                                                      layer_edges=needed_edges(src, dst, n, nlocal, layers))
         energy = energies[:nlocal].sum()
-        if self.model.long_range is None:
-            (grad,) = torch.autograd.grad(energy, pos)
-            forces = -grad.detach().to(torch.float64).numpy()
-            return float(energy.detach()), forces, np.einsum("ai,aj->ij", positions, forces)
-        if tags is None:
-            raise ValueError("a long-range model needs the atom tags")
-        raw, weight = self.model.outputs.charge_parts(features[:nlocal])
-        e_long, g_raw, g_weight, f_long, w_long = self._long_range(tags[:nlocal], positions[:nlocal], raw, weight)
-        # the charge head's share of the long-range gradient, in the same pass as the local energy
-        seeded = energy + (g_raw * raw).sum() + (g_weight * weight).sum()
+        seeded, e_long, f_long, w_long = energy, 0.0, 0.0, np.zeros((3, 3))
+        if self.model.long_range is not None:
+            if tags is None:
+                raise ValueError("a long-range model needs the atom tags")
+            raw, weight = self.model.outputs.charge_parts(features[:nlocal])
+            e_long, g_raw, g_weight, f_long, w_long = self._long_range(tags[:nlocal], positions[:nlocal], raw, weight)
+            # the charge head's share of the long-range gradient, in the same pass as the local energy
+            seeded = energy + (g_raw * raw).sum() + (g_weight * weight).sum()
         (grad,) = torch.autograd.grad(seeded, pos, allow_unused=True)
         forces = np.zeros_like(positions) if grad is None else -grad.detach().to(torch.float64).numpy()
         virial = np.einsum("ai,aj->ij", positions, forces)
-        forces[:nlocal] += f_long
-        if self.comm.rank == 0:
-            return float(energy.detach()) + e_long, forces, virial + w_long
-        return float(energy.detach()), forces, virial
+        forces[:nlocal] += f_long  # direct long-range forces; they enter the virial through w_long
+        if self.comm.rank != 0:  # the long-range energy and virial are the same on every rank: count them once
+            e_long, w_long = 0.0, np.zeros((3, 3))
+        return float(energy.detach()) + e_long, forces, virial + w_long
 
     def _box(self):
         """The LAMMPS cell (rows a, b, c; lower triangular) and its periodicity."""
