@@ -55,6 +55,9 @@ class LongRangeConfig:
 
 @dataclass
 class ModelConfig:
+    # "equivariant" (the O(3) network) or "cartesian": a non-equivariant baseline on the raw
+    # components of r_ij, for measuring what symmetry buys (train it with augment_rotations)
+    architecture: str = "equivariant"
     r_max: float = 5.0  # Å
     num_layers: int = 2
     channels: int = 32
@@ -98,6 +101,7 @@ class TrainingConfig:
     lr_factor: float = 0.8
     lr_patience: int = 10
     ema_decay: Optional[float] = 0.99
+    augment_rotations: bool = False  # rotate every training structure at random in every epoch
     patience: int = 50  # early stopping, in epochs without a better validation loss
     loss: LossConfig = field(default_factory=LossConfig)
 
@@ -187,6 +191,13 @@ def validate_model(m: "ModelConfig", source: str) -> None:
         (all(1 <= h <= 4096 for h in m.radial_hidden), "model.radial_hidden sizes must be between 1 and 4096"),
         (1 <= m.readout_hidden <= 4096, "model.readout_hidden must be between 1 and 4096"),
     ]
+    if m.architecture not in ("equivariant", "cartesian"):
+        raise ConfigError(f"{source}: model.architecture must be 'equivariant' or 'cartesian', got {m.architecture!r}")
+    if m.architecture == "cartesian" and (m.outputs or m.long_range is not None):
+        raise ConfigError(
+            f"{source}: model.architecture 'cartesian' (the non-equivariant baseline) predicts energies, "
+            "forces and stress only; remove model.outputs and model.long_range or use 'equivariant'"
+        )
     if m.charge_weights not in ("uniform", "learned"):
         raise ConfigError(f"{source}: model.charge_weights must be 'uniform' or 'learned', got {m.charge_weights!r}")
     lr = m.long_range
@@ -251,6 +262,8 @@ def _validate(config: Config, source: str) -> None:
          f"training.loss.outputs names {sorted(set(w.outputs) - set(config.model.outputs))}, "
          f"which model.outputs does not declare (declared: {sorted(config.model.outputs) or 'none'})"),
         (t.valid_batch_size >= 1, "training.valid_batch_size must be positive"),
+        (not (t.augment_rotations and config.model.outputs),
+         "training.augment_rotations rotates energies, forces and stress only; it cannot be combined with model.outputs"),
         (t.ema_decay is None or 0.0 < t.ema_decay < 1.0, "training.ema_decay must be in (0, 1), or null for no EMA"),
         (t.max_epochs >= 1, "training.max_epochs must be positive"),
         (t.dtype in ("float32", "float64"), "training.dtype must be 'float32' or 'float64'"),

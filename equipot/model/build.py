@@ -4,6 +4,7 @@ import torch
 
 from ..config import ModelConfig, output_fields
 from ..data.statistics import Statistics
+from .cartesian import CartesianEnergyModel
 from .energy_model import EnergyModel
 from ..electrostatics import Electrostatics
 from .outputs import TypedOutputs, output_irreps
@@ -16,6 +17,16 @@ def build_model(config: ModelConfig, stats: Statistics) -> Potential:
     shift = torch.tensor([stats.e0[z] + stats.energy_shift for z in species], dtype=torch.float64)
     scale = torch.full((len(species),), float(stats.energy_scale), dtype=torch.float64)
     fields = output_fields(config)
+    if config.architecture == "cartesian":
+        energy_model = CartesianEnergyModel(
+            num_species=len(species), r_max=config.r_max, num_layers=config.num_layers,
+            channels=config.channels, num_basis=config.num_basis, radial_hidden=config.radial_hidden,
+            readout_hidden=config.readout_hidden, avg_num_neighbors=max(stats.avg_num_neighbors, 1.0),
+            atomic_shift=shift, atomic_scale=scale,
+        )
+        potential = Potential(energy_model, species)
+        potential.model_config, potential.statistics = config, stats
+        return potential
     energy_model = EnergyModel(
         num_species=len(species),
         r_max=config.r_max,

@@ -28,7 +28,38 @@ def hidden_irreps(channels: int, lmax: int, parity: str) -> o3.Irreps:
     return o3.Irreps(scalars + [x for x in irreps if x[1][0] > 0])
 
 
-class EnergyModel(nn.Module):
+class ShiftedEnergies(nn.Module):
+    """Holds a network's per-species energy shift (a float64 parameter) and scale.
+
+    The shift is trained, so that a constant energy offset is learnt in a few steps instead
+    of through the readouts, and it is kept, and added, in float64 whatever the network's
+    dtype: the shift is large (E0 ~ -10^3 eV) and float32 training must not lose meV to
+    rounding.
+    """
+
+    def _init_shift(self, atomic_shift: torch.Tensor, atomic_scale: torch.Tensor) -> None:
+        self.atomic_shift = nn.Parameter(atomic_shift.clone().to(torch.float64))
+        self.register_buffer("atomic_scale", atomic_scale.clone())
+
+    def _energies(self, species: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """scale[s_i] * out_i + shift[s_i] in eV, float64."""
+        return (self.atomic_scale[species] * out).to(torch.float64) + self.atomic_shift[species]
+
+    def _apply(self, fn, recurse=True):
+        shift = self._parameters.pop("atomic_shift")
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            device = self.atomic_scale.device
+            if shift.device != device:
+                shift.data = shift.data.to(device)
+                if shift.grad is not None:
+                    shift.grad = shift.grad.to(device)
+            self._parameters["atomic_shift"] = shift
+        return self
+
+
+class EnergyModel(ShiftedEnergies):
     """Per-atom energies E_i = scale[s_i] * Σ_layers readout(h_i) + shift[s_i] (eV, float64).
 
     Inputs are tensors: species indices (N,), edge vectors r_ij (E, 3) in Å in the
@@ -89,25 +120,7 @@ class EnergyModel(nn.Module):
             )
             self.readouts.append(MLPReadout(irreps_out, readout_hidden) if last else LinearReadout(irreps_out))
             irreps_in = irreps_out
-        # Per-species energy shift (E0 + mean residual per atom, eV). It is trained, so that a
-        # constant energy offset is learnt in a few steps instead of through the readouts, and
-        # it is kept, and added, in float64 whatever the network's dtype: the shift is large
-        # (E0 ~ -10^3 eV) and float32 training must not lose meV to rounding.
-        self.atomic_shift = nn.Parameter(atomic_shift.clone().to(torch.float64))
-        self.register_buffer("atomic_scale", atomic_scale.clone())
-
-    def _apply(self, fn, recurse=True):
-        shift = self._parameters.pop("atomic_shift")
-        try:
-            super()._apply(fn, recurse)
-        finally:
-            device = self.atomic_scale.device
-            if shift.device != device:
-                shift.data = shift.data.to(device)
-                if shift.grad is not None:
-                    shift.grad = shift.grad.to(device)
-            self._parameters["atomic_shift"] = shift
-        return self
+        self._init_shift(atomic_shift, atomic_scale)
 
     def forward(
         self,
@@ -147,5 +160,4 @@ class EnergyModel(nn.Module):
                 h = layer(h, onehot, species, edge_sh[idx], edge_radial[idx], edge_src[idx], dst,
                           neighbour_slots(dst, species.shape[0]))
             out = out + readout(h)
-        scaled = (self.atomic_scale[species] * out).to(torch.float64)
-        return scaled + self.atomic_shift[species], h
+        return self._energies(species, out), h

@@ -22,6 +22,7 @@ from ..config import Config, ConfigError
 from ..data import GraphLoader
 from ..data.statistics import Statistics
 from ..model import build_model, save_model
+from .augment import random_rotations, rotate_graph
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .ema import EMA
 from .history import write_history
@@ -145,6 +146,8 @@ class Trainer:
                 loss = None
             else:
                 graph = graph.to(self.device, self.dtype)
+                if self.config.training.augment_rotations:
+                    graph = self._rotated(graph, n)
                 terms = squared_error_terms(self.model(graph, training=True), graph, weights)
                 loss = combine(terms, self._global_counts(terms), weights)
                 loss.backward()
@@ -158,6 +161,13 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{total / n:.4g}")
         return total / max(n, 1)
+
+    def _rotated(self, graph, step: int):
+        """The batch with every structure randomly rotated; the rotations depend only on the
+        seed, epoch, step and process, so a resumed run draws the same ones."""
+        g = torch.Generator().manual_seed(
+            hash((self.config.seed, self.epoch, step, self.world.rank)) & 0x7FFFFFFFFFFFFFFF)
+        return rotate_graph(graph, random_rotations(graph.n_graphs, g).to(self.device))
 
     def _validate(self) -> Dict[str, float]:
         self.model.eval()
