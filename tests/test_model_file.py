@@ -240,3 +240,39 @@ def test_md_nve_and_nvt(io_tiny_model, io_small_xyz, tmp_path):
     assert np.all(np.isfinite(np.loadtxt(nvt.log)))
     with pytest.raises(ValueError, match="ensemble"):
         run_md(str(io_tiny_model), str(io_small_xyz), str(tmp_path / "npt"), ensemble="npt", steps=1)
+
+
+def test_float64_model_is_exact_whatever_the_default_dtype(tmp_path):
+    """Constants made when a network is built (Clebsch–Gordan coefficients, the change of
+    basis of a Cartesian polarizability) must not carry float32 rounding into a float64 model
+    built or loaded while torch's default dtype is float32 (the usual case): its outputs are
+    then equivariant to float64 rounding."""
+    from equipot.config import ModelConfig, OutputConfig
+    from equipot.data import Configuration, to_graph
+    from equipot.data.statistics import Statistics
+    from equipot.model import build_model
+
+    assert torch.get_default_dtype() == torch.float32
+    config = ModelConfig(r_max=3.0, num_layers=2, channels=4, lmax=2, parity="both", num_basis=4,
+                         radial_hidden=[8], readout_hidden=4,
+                         outputs={"alpha": OutputConfig(type="polarizability")})
+    stats = Statistics(species=[1, 6, 8], e0={1: -1.0, 6: -2.0, 8: -3.0}, energy_shift=0.0, energy_scale=1.0,
+                       avg_num_neighbors=4.0)
+    torch.manual_seed(0)
+    built = build_model(config, stats, dtype=torch.float64)
+    save_model(str(tmp_path / "m.safetensors"), built, config, stats)
+    loaded = load_model(str(tmp_path / "m.safetensors"))
+    assert loaded.dtype == torch.float64
+    rng = np.random.default_rng(0)
+    positions = rng.uniform(0, 3.0, (7, 3))
+    numbers = np.array([1, 6, 8, 1, 6, 8, 1])
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    rotation = -q if np.linalg.det(q) > 0 else q  # improper
+    for model in (built, loaded):
+        outs = [model(to_graph(Configuration(numbers, p, np.zeros((3, 3)), np.zeros(3, bool)), 3.0))
+                for p in (positions, positions @ rotation.T)]
+        r = torch.as_tensor(rotation)
+        alpha, alpha_rot = outs[0]["alpha"].detach()[0], outs[1]["alpha"].detach()[0]
+        assert float((alpha_rot - r @ alpha @ r.T).abs().max()) < 1e-13 * float(alpha.abs().max())
+        forces, forces_rot = outs[0]["forces"].detach(), outs[1]["forces"].detach()
+        assert float((forces_rot - forces @ r.T).abs().max()) < 1e-13 * float(forces.abs().max())

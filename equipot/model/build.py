@@ -1,5 +1,7 @@
 """The one function where configuration becomes a model."""
 
+from typing import Optional
+
 import torch
 
 from ..config import ModelConfig, output_fields
@@ -11,8 +13,24 @@ from .outputs import TypedOutputs, output_irreps
 from .potential import Potential
 
 
-def build_model(config: ModelConfig, stats: Statistics) -> Potential:
-    """A :class:`Potential` for the species in ``stats``, with its shift and scale."""
+def build_model(config: ModelConfig, stats: Statistics, dtype: Optional[torch.dtype] = None) -> Potential:
+    """A :class:`Potential` for the species in ``stats``, with its shift and scale, in ``dtype``
+    (default: torch's default dtype).
+
+    The network is built in float64 and then cast: constants made at construction
+    (Clebsch–Gordan coefficients, changes of basis of Cartesian tensors) are then exact to
+    float64 in a float64 model instead of carrying float32 rounding (measured: 1e-8 relative
+    equivariance errors of a float64 polarizability built the other way).
+    """
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        return _build(config, stats).to(dtype or previous)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _build(config: ModelConfig, stats: Statistics) -> Potential:
     species = list(stats.species)
     shift = torch.tensor([stats.e0[z] + stats.energy_shift for z in species], dtype=torch.float64)
     scale = torch.full((len(species),), float(stats.energy_scale), dtype=torch.float64)

@@ -79,10 +79,9 @@ def load_model(path: str, dtype: Optional[torch.dtype] = None, device: str = "cp
     if saved_name not in ("float32", "float64"):
         raise ModelFileError(f"{path}: unsupported dtype {saved_name!r} in the model file")
     try:
-        model = build_model(config, stats)
+        model = build_model(config, stats, dtype=dtype or getattr(torch, saved_name))
     except (KeyError, ValueError, TypeError) as err:  # statistics inconsistent with the configuration
         raise ModelFileError(f"{path}: damaged metadata ({type(err).__name__}: {err})") from None
-    model = model.to(dtype=dtype or getattr(torch, saved_name))
     try:
         missing, unexpected = model.load_state_dict(tensors, strict=False)
     except RuntimeError as err:  # tensors of the wrong shape for the stored configuration

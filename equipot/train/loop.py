@@ -65,7 +65,7 @@ class Trainer:
             self.stats = Statistics.from_dict(json.loads(state["statistics"]))
         else:
             self.stats = training_statistics(self.config, self.splits.train)
-        self.model = build_model(self.config.model, self.stats).to(self.device, self.dtype)
+        self.model = build_model(self.config.model, self.stats, self.dtype).to(self.device)
         self.optimizer = self._optimizer()
         self.scheduler = self._scheduler()
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay else None
