@@ -121,6 +121,24 @@ def run_point(dataset: str, name: str, n: int, args) -> dict:
     return point
 
 
+def reevaluate_rotations(dataset: str, args) -> None:
+    """Measure the spread over rotations again for every point done (their models are kept)."""
+    from equipot.data import read_configurations
+
+    test = DATA / DATASETS[dataset]["test"]
+    configs = read_configurations(str(test), keys={"energy": "energy", "forces": "forces"})[: args.rotation_configs]
+    for path in sorted(point_dir(dataset).glob("*-n*.json")):
+        point = json.loads(path.read_text())
+        rmses = rotated_errors(str(path.with_suffix("") / "model.safetensors"), configs, args.rotations)
+        point.update({"rotated_forces_rmse_mean": float(rmses.mean()), "rotated_forces_rmse_std": float(rmses.std()),
+                      "rotated_forces_rmse_range": float(rmses.max() - rmses.min()),
+                      "n_rotations": args.rotations, "n_rotated_configs": len(configs)})
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(point, indent=1))
+        tmp.replace(path)
+        print(f"{path.stem}: F RMSE rotated {rmses.mean():.3f} ± {rmses.std():.2e}", flush=True)
+
+
 def slope(points) -> float:
     """Least-squares slope of log(F MAE) against log(N)."""
     if len(points) < 2:
@@ -224,13 +242,17 @@ def main() -> None:
     p.add_argument("--rotations", type=int, default=100)
     p.add_argument("--rotation-configs", type=int, default=100)
     p.add_argument("--report", action="store_true", help="only write the table and plot of the points done")
+    p.add_argument("--rotations-only", action="store_true",
+                   help="measure the spread over rotations again for the points done, then report")
     p.add_argument("--runs", default=None, help="folder of the points (default runs/learning_curve)")
     args = p.parse_args()
     if args.runs:
         global RUNS
         RUNS = Path(args.runs).resolve()
     torch.set_num_threads(args.threads)
-    if not args.report:
+    if args.rotations_only:
+        reevaluate_rotations(args.dataset, args)
+    elif not args.report:
         for name in args.models:
             for n in args.sizes or DATASETS[args.dataset]["sizes"]:
                 run_point(args.dataset, name, n, args)
