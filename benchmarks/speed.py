@@ -37,23 +37,36 @@ def acac_box(n_molecules: int, seed: int = 0):
     length = (400.0 * n_molecules) ** (1 / 3)
     base = mol.positions - mol.positions.mean(0)
     side = int(np.ceil(n_molecules ** (1 / 3)))
-    sites = np.array([(i, j, k) for i in range(side) for j in range(side) for k in range(side)], dtype=float)
-    sites = sites[rng.permutation(len(sites))[:n_molecules]] * (length / side)
-    placed, numbers = [], []
-    for site in sites:  # a jittered grid; rotations are redrawn until MIN_GAP from every placed atom
+    cells = np.array([(i, j, k) for i in range(side) for j in range(side) for k in range(side)])
+    cells = cells[rng.permutation(len(cells))]  # the first n_molecules, and spares for a crowded site
+    spacing = length / side
+    # a molecule stays within its radius + 1 Å of its site; only molecules on neighbouring
+    # sites can come closer than MIN_GAP when the sites are further apart than that
+    reach = np.linalg.norm(base, axis=1).max() + np.sqrt(3.0)
+    assert 2 * spacing - 2 * reach > MIN_GAP, "grid too dense for the neighbour-site check"
+    offsets = np.array(list(np.ndindex(3, 3, 3))) - 1  # the site and its 26 neighbours
+    by_cell, placed, numbers = {}, [], []
+    for cell in cells:  # a jittered grid; rotations are redrawn until MIN_GAP from every placed atom
+        if len(placed) == n_molecules:
+            break
+        site = cell * spacing
+        near = [by_cell[key] for key in {tuple(k) for k in (cell + offsets) % side} if key in by_cell]
         for attempt in range(500):
             rotation = Rotation.random(random_state=int(rng.integers(1 << 31)))
             pos = rotation.apply(base) + site + rng.uniform(-1.0, 1.0, 3)
-            if not placed:
+            if not near:
                 break
-            d = pos[:, None, :] - np.concatenate(placed)[None, :, :]
+            d = pos[:, None, :] - np.concatenate(near)[None, :, :]
             d -= length * np.round(d / length)
             if np.min(np.linalg.norm(d, axis=-1)) >= MIN_GAP:
                 break
         else:
-            raise RuntimeError(f"could not place {n_molecules} molecules {MIN_GAP} Å apart")
+            continue  # no room at this site: leave it empty and use a spare one
+        by_cell[tuple(cell)] = pos
         placed.append(pos)
         numbers.append(mol.numbers)
+    if len(placed) < n_molecules:
+        raise RuntimeError(f"could not place {n_molecules} molecules {MIN_GAP} Å apart")
     return Atoms(np.concatenate(numbers), np.concatenate(placed) % length, cell=[length] * 3, pbc=True)
 
 
