@@ -106,3 +106,33 @@ def untrained_model(folder: str, name: str, settings: dict) -> str:
     torch.manual_seed(0)
     save_model(str(path), build_model(config, stats), config, stats)
     return str(path)
+
+
+def bpa_files() -> dict:
+    """3BPA splits shared by every model (written once under runs/data-3bpa, deterministic).
+
+    The public 3BPA test sets are not in ../shared/data, so: 100 structures of train_300K held
+    out (seeded) as ``test_300K``; the other 400 are the training file (its validation split
+    is carved by each trainer with the run's seed). ``test_hot``: the structures of
+    train_mixedT (MD at 300, 600 and 1200 K, unlabelled) whose energy is above every
+    train_300K energy, i.e. the high-temperature ones, none of them in training.
+    """
+    import ase.io
+    import numpy as np
+
+    folder = REPO / "runs" / "data-3bpa"
+    files = {"train": folder / "train.xyz", "test_300K": folder / "test_300K.xyz", "test_hot": folder / "test_hot.xyz"}
+    if all(p.exists() for p in files.values()):
+        return files
+    folder.mkdir(parents=True, exist_ok=True)
+    cool = ase.io.read(str(DATA / "3bpa" / "train_300K.xyz"), ":")
+    mixed = ase.io.read(str(DATA / "3bpa" / "train_mixedT.xyz"), ":")
+    order = np.random.default_rng(0).permutation(len(cool))
+    highest = max(a.get_potential_energy() for a in cool)
+    parts = {"test_300K": [cool[i] for i in sorted(order[:100])], "train": [cool[i] for i in sorted(order[100:])],
+             "test_hot": [a for a in mixed if a.get_potential_energy() > highest]}
+    for name, frames in parts.items():
+        tmp = files[name].with_suffix(".tmp.xyz")
+        ase.io.write(str(tmp), frames, format="extxyz")
+        tmp.replace(files[name])
+    return files

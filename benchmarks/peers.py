@@ -2,6 +2,7 @@
 
     python benchmarks/peers.py speed --threads 1 --sizes 15 120 960 --dtype float32
     python benchmarks/peers.py train acac --budget-minutes 25 --threads 1 --peers mace
+    python benchmarks/peers.py train 3bpa --budget-minutes 25 --threads 1 --peers nequip
 
 The harness creates runs/peers/<peer>/ (a venv: torch==2.13.0 first, so no CUDA build is pulled,
 then the peer at the version below; MACE pins e3nn 0.4.4 and cannot share our environment) the
@@ -14,7 +15,8 @@ peak memory is that size's). Peer models are untrained, built as in ../shared/be
 accuracy benchmarks. Writes docs/benchmarks/peers-speed-<dtype>-t<threads>.json/.md/.png.
 
 ``train`` trains a peer for a wall-clock budget with the recipe of ../shared/bench/peers.md (the
-same seeded 450 / 50 split of train_300K for every model, E0s from isolated_atoms.xyz, loss
+same seeded 450 / 50 split of acac's train_300K for every model — for 3BPA 360 / 40 of the
+training file of common.bpa_files, as benchmarks/accuracy.py splits it — E0s from the isolated atoms, loss
 1 × per-atom energy + 100 × forces, Adam lr 0.01, EMA 0.99, batch 5) through the peer's own
 command line, then evaluates the test files with the peer's own evaluation and computes the
 errors here. MACE has no wall-clock limit: it is stopped at the budget and restarted from its
@@ -164,7 +166,18 @@ def speed(args) -> None:
 
 
 TRAIN_SETS = {"acac": {"train": "acac/train_300K.xyz", "n_valid": 50, "e0s": "acac/isolated_atoms.xyz",
-                       "tests": ["test_MD_300K", "test_MD_600K"]}}
+                       "tests": ["test_MD_300K", "test_MD_600K"]},
+              # the splits of common.bpa_files: 360 / 40 of the 400 training structures
+              "3bpa": {"train": None, "n_valid": 40, "e0s": "3bpa/iso_atoms.xyz", "tests": ["test_300K", "test_hot"]}}
+
+
+def test_files(dataset: str) -> dict:
+    from common import DATA, bpa_files
+
+    tests = TRAIN_SETS[dataset]["tests"]
+    if dataset == "3bpa":
+        return {t: bpa_files()[t] for t in tests}
+    return {t: DATA / dataset / f"{t}.xyz" for t in tests}
 
 
 def split_files(dataset: str):
@@ -178,7 +191,10 @@ def split_files(dataset: str):
     train, valid = folder / "train.xyz", folder / "valid.xyz"
     if not valid.exists():
         folder.mkdir(parents=True, exist_ok=True)
-        frames = ase.io.read(str(DATA / spec["train"]), ":")
+        from common import bpa_files
+
+        source = bpa_files()["train"] if dataset == "3bpa" else DATA / spec["train"]
+        frames = ase.io.read(str(source), ":")
         order = np.random.default_rng(1234).permutation(len(frames))
         ase.io.write(str(valid), [frames[i] for i in sorted(order[: spec["n_valid"]])])
         ase.io.write(str(train), [frames[i] for i in sorted(order[spec["n_valid"]:])])
@@ -204,13 +220,11 @@ def train_mace(python, args, env) -> dict:
     import glob
     import time
 
-    from common import DATA
-
     train, valid, e0s = split_files(args.dataset)
     work = REPO / "runs" / "peers" / f"train-{args.dataset}-mace"
     work.mkdir(parents=True, exist_ok=True)
     bin_dir = Path(python).parent
-    common = ["--name", "acac", "--work_dir", str(work), "--train_file", str(train), "--valid_file", str(valid),
+    common = ["--name", args.dataset, "--work_dir", str(work), "--train_file", str(train), "--valid_file", str(valid),
               "--E0s", repr(e0s), "--energy_key", "energy", "--forces_key", "forces", "--model", "MACE",
               "--hidden_irreps", "64x0e+64x1o", "--max_ell", "3", "--correlation", "3", "--num_interactions", "2",
               "--r_max", "5.0", "--batch_size", "5", "--valid_batch_size", "10", "--lr", "0.01", "--ema",
@@ -229,14 +243,13 @@ def train_mace(python, args, env) -> dict:
         return {"error": "no checkpoint within the budget"}
     subprocess.run([str(bin_dir / "mace_run_train"), *common, "--max_num_epochs", str(max(epochs)), "--restart_latest"],
                    stdout=log, stderr=subprocess.STDOUT, env=env, check=True)
-    model = work / "acac.model"
+    model = work / f"{args.dataset}.model"
     import re
 
     logged = [int(m) for m in re.findall(r"Epoch (\d+)", (work / "train.log").read_text())]
     # epochs evaluated within the budget (MACE counts from 0); the model is the best checkpoint's
     results = {"epochs": max(logged, default=max(epochs)) + 1, "best_epoch": max(epochs), "train_wall_s": wall, "tests": {}}
-    for test in TRAIN_SETS[args.dataset]["tests"]:
-        reference = DATA / args.dataset / f"{test}.xyz"
+    for test, reference in test_files(args.dataset).items():
         out = work / f"{test}_pred.xyz"
         subprocess.run([str(bin_dir / "mace_eval_configs"), "--configs", str(reference), "--model", str(model),
                         "--output", str(out), "--default_dtype", "float64"], stdout=log, stderr=subprocess.STDOUT,
@@ -254,11 +267,10 @@ def train(args) -> None:
         elif peer == "mace":
             result = train_mace(python, args, env)
         else:
-            from common import DATA
             from peer_nequip import train_nequip
 
             train_file, valid_file, e0s = split_files(args.dataset)
-            tests = {t: DATA / args.dataset / f"{t}.xyz" for t in TRAIN_SETS[args.dataset]["tests"]}
+            tests = test_files(args.dataset)
             result = train_nequip(python, REPO / "runs" / "peers" / f"train-{args.dataset}-nequip", train_file,
                                   valid_file, e0s, tests, args.budget_minutes, args.threads, env)
         records, rows = [], []
