@@ -2,6 +2,7 @@
 
     python benchmarks/parallel.py train              # torchrun 2 processes vs 1, acac, configs/s
     python benchmarks/parallel.py train --batch-size 40
+    python benchmarks/parallel.py train --batch-size 100 --data 3bpa   # 27-atom molecules
     python benchmarks/parallel.py lammps             # mpirun -np 2 vs 1, acac boxes, 10^3 .. 10^4 atoms
     python benchmarks/parallel.py lammps --sizes 960 9600 96000
 
@@ -35,12 +36,25 @@ def env() -> dict:
     return e
 
 
-def train_epoch_seconds(processes: int, work: Path, batch_size: int, epochs: int) -> float:
+def training_data(name: str) -> dict:
+    """The data section of the timed runs: acac (15 atoms) or 3BPA (27 atoms), 450 / 360 structures."""
+    if name == "3bpa":
+        from common import bpa_files
+
+        return {"train": str(bpa_files()["train"]), "valid_fraction": 0.1, "e0s": str(DATA / "3bpa" / "iso_atoms.xyz"),
+                "keys": {"energy": "energy", "forces": "forces"}}
+    return {"train": str(DATA / "acac" / "train_300K.xyz"), "valid_fraction": 0.1, "max_train": 450,
+            "e0s": str(DATA / "acac" / "isolated_atoms.xyz"), "keys": {"energy": "energy", "forces": "forces"}}
+
+
+N_TRAIN = {"acac": 450, "3bpa": 360}
+
+
+def train_epoch_seconds(processes: int, work: Path, batch_size: int, epochs: int, data: str = "acac") -> float:
     out = work / f"train-np{processes}"
     config = {
         "output_dir": str(out), "seed": 1234,
-        "data": {"train": str(DATA / "acac" / "train_300K.xyz"), "valid_fraction": 0.1, "max_train": 450,
-                 "e0s": str(DATA / "acac" / "isolated_atoms.xyz"), "keys": {"energy": "energy", "forces": "forces"}},
+        "data": training_data(data),
         "model": MODEL,
         "training": {"dtype": "float32", "threads": 1, "batch_size": batch_size, "max_epochs": epochs, "lr": 0.01},
     }
@@ -60,23 +74,24 @@ def train_epoch_seconds(processes: int, work: Path, batch_size: int, epochs: int
 
 def bench_train(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        times = {p: train_epoch_seconds(p, Path(tmp), args.batch_size, args.epochs) for p in (1, 2)}
-    n_train = 450
+        times = {p: train_epoch_seconds(p, Path(tmp), args.batch_size, args.epochs, args.data) for p in (1, 2)}
+    n_train = N_TRAIN[args.data]
     speedup = times[1] / times[2]
-    base = {"model": "equipot", "variant": "lmax1-c32-m0", "dataset": "acac", "dtype": "float32",
+    base = {"model": "equipot", "variant": "lmax1-c32-m0", "dataset": args.data, "dtype": "float32",
             "batch_size": args.batch_size}
+    name = f"parallel-train-b{args.batch_size}" + ("" if args.data == "acac" else f"-{args.data}")
     records = [{**base, "metric": "training_throughput", "processes": p, "value": round(n_train / t, 2),
                 "unit": "configs/s"} for p, t in times.items()]
     records.append({**base, "metric": "parallel_speedup", "value": round(speedup, 3), "unit": "x"})
-    write_result(f"parallel-train-b{args.batch_size}", 1, records)
-    md = [f"# Data-parallel training: torchrun, 2 processes vs 1, global batch {args.batch_size}", "",
-          f"Machine: {machine(1)['cpu']}, one thread per process; acac, 450 training structures (+ 50 validation, "
-          f"in the epoch time), global batch {args.batch_size}, float32, model {MODEL}. Epoch time averaged over "
-          f"epochs 2..{args.epochs}. Command: `python benchmarks/parallel.py train`", "",
+    write_result(name, 1, records)
+    md = [f"# Data-parallel training: torchrun, 2 processes vs 1, {args.data}, global batch {args.batch_size}", "",
+          f"Machine: {machine(1)['cpu']}, one thread per process; {args.data}, {n_train} training structures "
+          f"(+ {50 if args.data == 'acac' else 40} validation, in the epoch time), global batch {args.batch_size}, float32, model {MODEL}. Epoch time averaged over "
+          f"epochs 2..{args.epochs}. Command: `python benchmarks/parallel.py {' '.join(sys.argv[1:])}`", "",
           "| processes | s/epoch | configs/s |", "|---|---|---|"]
     md += [f"| {p} | {t:.2f} | {n_train / t:.1f} |" for p, t in times.items()]
     md += ["", f"parallel_speedup: **{speedup:.2f}×**"]
-    (DOCS / f"parallel-train-b{args.batch_size}.md").write_text("\n".join(md) + "\n")
+    (DOCS / f"{name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 
@@ -143,6 +158,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("kind", choices=["train", "lammps"])
     p.add_argument("--batch-size", type=int, default=10)
+    p.add_argument("--data", default="acac", choices=sorted(N_TRAIN), help="training data of the timed runs")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--sizes", type=int, nargs="+", default=[960, 9600])
     p.add_argument("--atom-steps", type=float, default=20000, help="atoms × steps timed per size")
