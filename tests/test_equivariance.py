@@ -224,8 +224,10 @@ def test_every_e3nn_submodule(potential, graph_inputs):
     kinds = {type(m).__name__ for _, m in _e3nn_modules(potential)}
     assert {"Linear", "FullyConnectedTensorProduct", "Gate", "SphericalHarmonics"} <= kinds
     assert any(".skip" in c for c in checked)
-    # the convolutions of scalar inputs are our own kernel (tested below and in test_o3.py)
-    e3nn_convs = [layer for layer in potential.energy_model.layers if not layer.scalar_messages]
+    # the convolutions of scalar inputs and of l = 3 inputs are our own kernels (tested below, in
+    # the whole layer, and against e3nn in test_o3.py)
+    e3nn_convs = [layer for layer in potential.energy_model.layers
+                  if not (layer.scalar_messages or layer.channel_messages)]
     assert sum(".conv" in c for c in checked) == len(e3nn_convs)
     assert ("TensorProduct" in kinds) == (bool(e3nn_convs) or potential.combo[2] > 1)
     if potential.combo[2] > 1:

@@ -5,7 +5,7 @@ import torch
 from e3nn import o3
 
 from equipot.nn.interaction import uvu_instructions
-from equipot.o3 import ScalarConvolution, neighbour_slots
+from equipot.o3 import ChannelConvolution, ScalarConvolution, neighbour_slots
 
 CASES = [  # scalar inputs, harmonics up to l, irreps the messages may have
     ("5x0e", 1, "0e+1o"),
@@ -69,6 +69,58 @@ def test_scalar_convolution_matches_e3nn(float64_without_einsum_search, irreps_i
     second = [torch.autograd.grad(g[1].square().sum(), (x, vec, w), retain_graph=True) for g in grads]
     for s_expected, s_got in zip(*second):
         torch.testing.assert_close(s_got, s_expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("irreps_in, lmax, allowed", [
+    ("3x0e", 2, "0e+1o+2e"),
+    ("3x0e+3x1o", 1, "0e+1o"),
+    ("2x0e+2x1o+2x2e", 2, "0e+1o+2e"),
+    ("2x0e+2x0o+2x1o+2x1e", 2, "0e+0o+1o+1e+2e+2o"),
+    ("2x0e+2x1o+2x2e+2x3o", 3, "0e+1o+2e+3o"),
+])
+def test_channel_convolution_matches_e3nn(float64_without_einsum_search, irreps_in, lmax, allowed):
+    irreps_in, irreps_sh = o3.Irreps(irreps_in), o3.Irreps.spherical_harmonics(lmax)
+    mid, instructions = uvu_instructions(irreps_in, irreps_sh, [ir for _, ir in o3.Irreps(allowed)])
+    reference = o3.TensorProduct(irreps_in, irreps_sh, mid, instructions, shared_weights=False, internal_weights=False)
+    ours = ChannelConvolution(irreps_in, irreps_sh, mid, instructions)
+    assert ours.weight_numel == reference.weight_numel
+    n, e = 9, 70
+    src, dst = random_graph(n, e, 2)
+    x = torch.randn(n, irreps_in.dim, requires_grad=True)
+    vec = torch.randn(e, 3, requires_grad=True)
+    w = torch.randn(e, reference.weight_numel, requires_grad=True)
+    table = neighbour_slots(dst, n)
+
+    def both():
+        sh = o3.spherical_harmonics(irreps_sh, vec, True, normalization="component")
+        expected = torch.zeros(n, mid.dim).index_add(0, dst, reference(x[src], sh, w))
+        return expected, ours(x, sh, w, src, dst, table)
+
+    expected, got = both()
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert got[n - 1].abs().max() == 0  # no edges, no message
+    probe = torch.randn_like(expected)
+    grads = [torch.autograd.grad((out * probe).sum(), (x, vec, w), create_graph=True) for out in both()]
+    for g_expected, g_got in zip(*grads):
+        torch.testing.assert_close(g_got, g_expected, rtol=1e-11, atol=1e-11)
+    second = [torch.autograd.grad(g[1].square().sum(), (x, vec, w), retain_graph=True) for g in grads]
+    for s_expected, s_got in zip(*second):
+        torch.testing.assert_close(s_got, s_expected, rtol=1e-10, atol=1e-10)
+    # atoms without edges (a caller skipped them) have no row in the table and get zeros
+    keep = dst != 0
+    table = neighbour_slots(dst[keep], n)
+    sh = o3.spherical_harmonics(irreps_sh, vec[keep], True, normalization="component")
+    expected = torch.zeros(n, mid.dim).index_add(0, dst[keep], reference(x[src[keep]], sh, w[keep]))
+    torch.testing.assert_close(ours(x, sh, w[keep], src[keep], dst[keep], table), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_channel_convolution_refuses_what_it_cannot_do():
+    sh = o3.Irreps.spherical_harmonics(1)
+    with pytest.raises(ValueError, match="one multiplicity"):
+        ChannelConvolution("3x0e+2x1o", sh, "3x0e", [(0, 0, 0, "uvu", True)])
+    with pytest.raises(ValueError, match="uvu"):
+        ChannelConvolution("3x0e", sh, "3x0e", [(0, 0, 0, "uuu", True)])
 
 
 def test_scalar_convolution_refuses_what_it_cannot_do():

@@ -20,7 +20,7 @@ from e3nn import nn as enn
 from e3nn import o3
 from torch import nn
 
-from ..o3 import NeighbourTable, ScalarConvolution
+from ..o3 import ChannelConvolution, NeighbourTable, ScalarConvolution
 from .gate import make_gate
 from .radial import RadialNetwork
 
@@ -121,10 +121,18 @@ class Interaction(nn.Module):
         irreps_mid, instructions = uvu_instructions(self.irreps_in, irreps_sh, allowed)
         # scalar inputs (the first layer, and every layer with message_lmax 0) take our
         # neighbour-sum kernel; others e3nn's product followed by a sum over edges
-        self.scalar_messages = all(ir.l == 0 for _, ir in self.irreps_in) and len({m for m, _ in self.irreps_in}) == 1
-        conv = ScalarConvolution if self.scalar_messages else o3.TensorProduct
-        extra = {} if self.scalar_messages else {"shared_weights": False, "internal_weights": False}
-        self.conv = conv(self.irreps_in, irreps_sh, irreps_mid, instructions, **extra)
+        one_mul = len({m for m, _ in self.irreps_in}) == 1
+        self.scalar_messages = all(ir.l == 0 for _, ir in self.irreps_in) and one_mul
+        # messages with l = 3 take the kernel that contracts Clebsch–Gordan on atoms, 1.5× faster
+        # than e3nn's there (benchmarks/kernels.py; at l = 1, 2 it is not faster, so e3nn stays)
+        self.channel_messages = not self.scalar_messages and one_mul and self.irreps_in.lmax >= 3
+        if self.scalar_messages:
+            self.conv = ScalarConvolution(self.irreps_in, irreps_sh, irreps_mid, instructions)
+        elif self.channel_messages:
+            self.conv = ChannelConvolution(self.irreps_in, irreps_sh, irreps_mid, instructions)
+        else:
+            self.conv = o3.TensorProduct(self.irreps_in, irreps_sh, irreps_mid, instructions,
+                                         shared_weights=False, internal_weights=False)
         self.radial = RadialNetwork([num_basis] + list(radial_hidden) + [self.conv.weight_numel])
         self.linear_msg = o3.Linear(irreps_mid, irreps_hidden)
         self.gate = make_gate(self.irreps_out)
@@ -157,6 +165,8 @@ class Interaction(nn.Module):
             weights = torch.cat([weights, weights])
         if self.scalar_messages:
             a = self.conv(up, edge_sh, weights, edge_src, table)
+        elif self.channel_messages:
+            a = self.conv(up, edge_sh, weights, edge_src, edge_dst, table)
         else:
             messages = self.conv(up[edge_src], edge_sh, weights)
             a = torch.zeros(h.shape[0], messages.shape[1], dtype=messages.dtype, device=messages.device)

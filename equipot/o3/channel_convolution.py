@@ -1,0 +1,110 @@
+"""Neighbour sum of channel-wise ("uvu") tensor products of any node features with the
+spherical harmonics of the edges.
+
+For a path l1 ⊗ l2 → l3 with per-edge, per-channel weights w, e3nn's product summed over
+the edges into atom n is
+
+    A_n[u, k] = c Σ_{e→n} w_e[u] Σ_ij C_ijk x_src(e)[u, i] Y_e[j]
+              = c Σ_ij C_ijk M_n[u, i, j],   M_n[u, i, j] = Σ_{e→n} (w_e[u] x_src(e)[u, i]) Y_e[j]
+
+with C the Clebsch–Gordan coefficients and c e3nn's normalisation. The Clebsch–Gordan
+contraction is constant, so it moves from the edges to the atoms: per edge only
+w·x[src] is formed; M is, per atom, one small matrix product of its (neighbours × u·i) block
+with its (neighbours × j) block of harmonics, done for all atoms as a batched matmul over a
+padded (atoms, slots) table (:func:`~equipot.o3.neighbour_slots`). The per-edge outer
+products and the per-edge messages that e3nn's TensorProduct writes and ``index_add`` reads
+back never exist. Paths are grouped by their harmonic l2, one batched matmul per group.
+``tests/test_o3.py`` checks the result and its first and second derivatives against e3nn;
+``benchmarks/kernels.py`` times both.
+"""
+
+from math import sqrt
+from typing import List, Sequence, Tuple
+
+import torch
+from e3nn import o3
+from torch import nn
+
+from .scalar_convolution import NeighbourTable
+
+
+class ChannelConvolution(nn.Module):
+    """Σ over the edges into each atom of e3nn's ``TensorProduct(irreps_in, irreps_sh,
+    irreps_out, instructions, shared_weights=False, internal_weights=False)``, "uvu" paths
+    with one instruction per output irrep (as :func:`equipot.nn.interaction.uvu_instructions`
+    makes them), and e3nn's weight layout."""
+
+    def __init__(self, irreps_in, irreps_sh, irreps_out, instructions: Sequence[Tuple]):
+        super().__init__()
+        self.irreps_in, self.irreps_sh, self.irreps_out = (o3.Irreps(irreps_in), o3.Irreps(irreps_sh),
+                                                           o3.Irreps(irreps_out))
+        muls = {mul for mul, _ in self.irreps_in}
+        if len(muls) != 1:
+            raise ValueError(f"ChannelConvolution needs one multiplicity for all input irreps, got {self.irreps_in}")
+        if any(mul != 1 for mul, _ in self.irreps_sh):
+            raise ValueError(f"spherical harmonics must have multiplicity 1, got {self.irreps_sh}")
+        self.mul = muls.pop()
+        if sorted(ins[2] for ins in instructions) != list(range(len(self.irreps_out))):
+            raise ValueError("ChannelConvolution needs exactly one instruction per output irrep")
+        in_slices, sh_slices = self.irreps_in.slices(), self.irreps_sh.slices()
+        self.num_paths = len(instructions)
+        self.weight_numel = self.num_paths * self.mul
+        # groups of paths sharing a harmonic block: (sh slice, [(path, input slice, d1, output, d3), ...])
+        groups: dict = {}
+        for k, (i_in, i_sh, i_out, *mode) in enumerate(instructions):
+            if tuple(mode[:2]) != ("uvu", True):
+                raise ValueError(f"ChannelConvolution supports weighted 'uvu' paths only, got {mode}")
+            ir1, ir2, ir3 = self.irreps_in[i_in].ir, self.irreps_sh[i_sh].ir, self.irreps_out[i_out].ir
+            if ir3 not in ir1 * ir2 or self.irreps_out[i_out].mul != self.mul:
+                raise ValueError(f"path {ir1} x {ir2} -> {self.irreps_out[i_out]} is not a channel-wise product")
+            groups.setdefault(i_sh, []).append((k, in_slices[i_in], ir1, i_out, ir3))
+        self.groups: List[Tuple[slice, list]] = []
+        for i_sh, paths in sorted(groups.items()):
+            entries = []
+            for k, in_slice, ir1, i_out, ir3 in paths:
+                # e3nn, component normalisation, one path per output: sqrt(d3) · C (wigner_3j)
+                cg = o3.wigner_3j(ir1.l, self.irreps_sh[i_sh].ir.l, ir3.l, dtype=torch.float64) * sqrt(ir3.dim)
+                name = f"cg_{k}"
+                self.register_buffer(name, cg.to(torch.get_default_dtype()), persistent=False)
+                entries.append((k, in_slice, ir1.dim, i_out, ir3.dim, name))
+            self.groups.append((sh_slices[i_sh], entries))
+        self.out_slices = self.irreps_out.slices()
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (N, irreps_in.dim)
+        sh: torch.Tensor,  # (E, irreps_sh.dim)
+        weight: torch.Tensor,  # (E, weight_numel)
+        edge_src: torch.Tensor,
+        edge_dst: torch.Tensor,
+        table: NeighbourTable,  # neighbour_slots(edge_dst, N)
+    ) -> torch.Tensor:  # (N, irreps_out.dim)
+        n, e, u = x.shape[0], sh.shape[0], self.mul
+        xs = x[edge_src]  # (E, irreps_in.dim): the only gather of features onto edges
+        w = weight.view(e, self.num_paths, u)
+        rows = n if table.rows is None else table.rows.shape[0]
+        where = (table.edge_row, table.edge_slot)
+        outputs: List[torch.Tensor] = [None] * len(self.out_slices)
+        for sh_slice, entries in self.groups:
+            # per edge: w_p[u] · x_src[u, i] for every path of this harmonic, side by side
+            z = torch.cat([(w[:, k, :, None] * xs[:, s].view(e, u, d1)).reshape(e, u * d1)
+                           for k, s, d1, _, _, _ in entries], dim=1)
+            y = sh[:, sh_slice]
+            if y.shape[1] == 1:  # l2 = 0: a plain sum over the edges, no table needed
+                m = z.new_zeros(n, z.shape[1]).index_add(0, edge_dst, z * y).unsqueeze(1)
+                if table.rows is not None:
+                    m = m[table.rows]
+            else:
+                padded_z = z.new_zeros(rows, table.num_slots, z.shape[1]).index_put(where, z)
+                padded_y = y.new_zeros(rows, table.num_slots, y.shape[1]).index_put(where, y)
+                m = torch.bmm(padded_y.transpose(1, 2), padded_z)  # (rows, j, Σ u·i)
+            start = 0
+            for k, s, d1, i_out, d3, name in entries:
+                block = m[:, :, start:start + u * d1].reshape(rows, -1, u, d1)  # (rows, j, u, i)
+                start += u * d1
+                cg = getattr(self, name).to(x.dtype)  # (i, j, k)
+                outputs[i_out] = torch.einsum("rjui,ijk->ruk", block, cg).reshape(rows, u * d3)
+        out = torch.cat(outputs, dim=1)
+        if table.rows is not None:
+            out = out.new_zeros(n, out.shape[1]).index_copy(0, table.rows, out)
+        return out
