@@ -55,8 +55,15 @@ def budget_minutes(n: int, args) -> float:
 RUNS = REPO / "runs" / "learning_curve"
 
 
+TAG = ""  # --tag: a separate set of points (another budget), docs learning_curve-<dataset>-<tag>
+
+
 def point_dir(dataset: str) -> Path:
-    return RUNS / dataset
+    return RUNS / (dataset + (f"-{TAG}" if TAG else ""))
+
+
+def doc_name(dataset: str) -> str:
+    return f"learning_curve-{dataset}" + (f"-{TAG}" if TAG else "")
 
 
 def rotated_errors(model_path: str, configs, n_rotations: int, seed: int = 0) -> np.ndarray:
@@ -98,7 +105,8 @@ def run_point(dataset: str, name: str, n: int, args) -> dict:
                  "keys": {"energy": "energy", "forces": "forces"}, "max_train": n},
         "model": {"r_max": 5.0, "num_layers": 2, "correlation": 3, **MODELS[name]["model"]},
         "training": {"dtype": "float32", "threads": args.threads, "batch_size": 5, "lr": 0.01,
-                     "max_epochs": 100000, "max_minutes": minutes, "patience": 100000, "scheduler": "plateau",
+                     "max_epochs": 100000, "max_minutes": minutes, "patience": args.patience or 100000,
+                     "scheduler": "plateau",
                      "lr_patience": 10, "lr_factor": 0.8, "ema_decay": 0.99,
                      "loss": {"energy": 1.0, "forces": 100.0}, **MODELS[name].get("training", {})},
     }
@@ -176,13 +184,17 @@ def report(dataset: str, args) -> None:
             records.append({"model": f"published:{peer}", "variant": "paper", "dataset": dataset, "split": split,
                             "metric": "forces_mae", "value": value, "unit": "meV/A", "n_train": n})
     threads = points[0]["threads"]
-    path = write_result(f"learning_curve-{dataset}", threads, records,
-                        extra={"budget": f"{args.minutes:g} min + {args.minutes_per_100:g} min per 100 structures"})
+    name = doc_name(dataset)
+    path = write_result(name, threads, records,
+                        extra={"budget": f"{args.minutes:g} min + {args.minutes_per_100:g} min per 100 structures",
+                               "patience": args.patience})
     sizes = sorted({p["n_train"] for p in points})
     md = [f"# Learning curves: {dataset}, force MAE on {split} (meV/Å)", "",
           f"Machine: {machine(threads)['cpu']}, {threads} thread(s) per run; float32 training; each point trained for "
-          f"{args.minutes:g} min + {args.minutes_per_100:g} min per 100 structures of wall-clock, validation on the same "
-          f"seeded structures for every point. Command: `python benchmarks/learning_curve.py {dataset} ...` "
+          f"{args.minutes:g} min + {args.minutes_per_100:g} min per 100 structures of wall-clock at most, validation on "
+          f"the same seeded structures for every point"
+          + (f", early stopping after {args.patience} epochs without improvement" if args.patience else "")
+          + f". Command: `python benchmarks/learning_curve.py {dataset} ...` "
           "(see the JSON). Slope: least-squares slope of log F MAE against log N.", "",
           "| model | " + " | ".join(f"N={n}" for n in sizes) + " | slope | spread over rotations (std, meV/Å) |",
           "|---|" + "---|" * (len(sizes) + 2)]
@@ -198,14 +210,14 @@ def report(dataset: str, args) -> None:
            f"first {points[0]['n_rotated_configs']} test structures, evaluated in float64 (the largest over the sizes). "
            "Equivariant and invariant models give the same error in every orientation up to rounding; the "
            "Cartesian network, which learnt invariance from rotated copies, does not.", "",
-           f"![learning curves](learning_curve-{dataset}.png)"]
-    (DOCS / f"learning_curve-{dataset}.md").write_text("\n".join(md) + "\n")
-    plot(dataset, by_model, spec)
+           f"![learning curves]({name}.png)"]
+    (DOCS / f"{name}.md").write_text("\n".join(md) + "\n")
+    plot(dataset, by_model, spec, name)
     print("\n".join(md))
     print(f"wrote {path}")
 
 
-def plot(dataset, by_model, spec) -> None:
+def plot(dataset, by_model, spec, name) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -227,7 +239,7 @@ def plot(dataset, by_model, spec) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(DOCS / f"learning_curve-{dataset}.png", dpi=110)
+    fig.savefig(DOCS / f"{name}.png", dpi=110)
     plt.close(fig)
 
 
@@ -244,10 +256,14 @@ def main() -> None:
     p.add_argument("--report", action="store_true", help="only write the table and plot of the points done")
     p.add_argument("--rotations-only", action="store_true",
                    help="measure the spread over rotations again for the points done, then report")
+    p.add_argument("--patience", type=int, default=None,
+                   help="stop a point after this many epochs without a better validation loss (default: never)")
+    p.add_argument("--tag", default="", help="keep these points apart from others (another budget)")
     p.add_argument("--runs", default=None, help="folder of the points (default runs/learning_curve)")
     args = p.parse_args()
+    global RUNS, TAG
+    TAG = args.tag
     if args.runs:
-        global RUNS
         RUNS = Path(args.runs).resolve()
     torch.set_num_threads(args.threads)
     if args.rotations_only:
