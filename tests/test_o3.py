@@ -38,37 +38,48 @@ def test_neighbour_slots():
     assert empty.edge_slot.shape == (0,) and empty.num_slots == 0
 
 
-@pytest.mark.parametrize("irreps_in,lmax,allowed", CASES)
-def test_scalar_convolution_matches_e3nn(float64_without_einsum_search, irreps_in, lmax, allowed):
+def check_kernel_against_e3nn(kernel_class, irreps_in, lmax, allowed, seed):
+    """The kernel's neighbour sum equals e3nn's TensorProduct + index_add: values, first and
+    second derivatives (forces, and the force loss in training); atoms without edges get zeros,
+    also when they have no row in the table (a caller skipped them)."""
     irreps_in, irreps_sh = o3.Irreps(irreps_in), o3.Irreps.spherical_harmonics(lmax)
     mid, instructions = uvu_instructions(irreps_in, irreps_sh, [ir for _, ir in o3.Irreps(allowed)])
     reference = o3.TensorProduct(irreps_in, irreps_sh, mid, instructions, shared_weights=False, internal_weights=False)
-    ours = ScalarConvolution(irreps_in, irreps_sh, mid, instructions)
+    ours = kernel_class(irreps_in, irreps_sh, mid, instructions)
     assert ours.weight_numel == reference.weight_numel
     n, e = 9, 70
-    src, dst = random_graph(n, e, 1)
+    src, dst = random_graph(n, e, seed)
     x = torch.randn(n, irreps_in.dim, requires_grad=True)
     vec = torch.randn(e, 3, requires_grad=True)
     w = torch.randn(e, reference.weight_numel, requires_grad=True)
-    table = neighbour_slots(dst, n)
 
-    def both():
-        sh = o3.spherical_harmonics(irreps_sh, vec, True, normalization="component")
-        expected = torch.zeros(n, mid.dim).index_add(0, dst, reference(x[src], sh, w))
-        return expected, ours(x, sh, w, src, table)
+    def run(keep):
+        sh = o3.spherical_harmonics(irreps_sh, vec[keep], True, normalization="component")
+        s, d, we = src[keep], dst[keep], w[keep]
+        expected = torch.zeros(n, mid.dim).index_add(0, d, reference(x[s], sh, we))
+        table = neighbour_slots(d, n)
+        extra = (d,) if kernel_class is ChannelConvolution else ()
+        return expected, ours(x, sh, we, s, *extra, table)
 
-    expected, got = both()
+    every = torch.ones(e, dtype=torch.bool)
+    expected, got = run(every)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
     assert got[n - 1].abs().max() == 0  # no edges, no message
-    # first and second derivatives (forces, and the force loss in training)
     probe = torch.randn_like(expected)
-    grads = [torch.autograd.grad((out * probe).sum(), (x, vec, w), create_graph=True) for out in both()]
+    grads = [torch.autograd.grad((out * probe).sum(), (x, vec, w), create_graph=True) for out in run(every)]
     for g_expected, g_got in zip(*grads):
         torch.testing.assert_close(g_got, g_expected, rtol=1e-11, atol=1e-11)
     second = [torch.autograd.grad(g[1].square().sum(), (x, vec, w), retain_graph=True) for g in grads]
     for s_expected, s_got in zip(*second):
         torch.testing.assert_close(s_got, s_expected, rtol=1e-10, atol=1e-10)
+    expected, got = run(dst != 0)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("irreps_in,lmax,allowed", CASES)
+def test_scalar_convolution_matches_e3nn(float64_without_einsum_search, irreps_in, lmax, allowed):
+    check_kernel_against_e3nn(ScalarConvolution, irreps_in, lmax, allowed, seed=1)
 
 
 @pytest.mark.parametrize("irreps_in, lmax, allowed", [
@@ -79,40 +90,7 @@ def test_scalar_convolution_matches_e3nn(float64_without_einsum_search, irreps_i
     ("2x0e+2x1o+2x2e+2x3o", 3, "0e+1o+2e+3o"),
 ])
 def test_channel_convolution_matches_e3nn(float64_without_einsum_search, irreps_in, lmax, allowed):
-    irreps_in, irreps_sh = o3.Irreps(irreps_in), o3.Irreps.spherical_harmonics(lmax)
-    mid, instructions = uvu_instructions(irreps_in, irreps_sh, [ir for _, ir in o3.Irreps(allowed)])
-    reference = o3.TensorProduct(irreps_in, irreps_sh, mid, instructions, shared_weights=False, internal_weights=False)
-    ours = ChannelConvolution(irreps_in, irreps_sh, mid, instructions)
-    assert ours.weight_numel == reference.weight_numel
-    n, e = 9, 70
-    src, dst = random_graph(n, e, 2)
-    x = torch.randn(n, irreps_in.dim, requires_grad=True)
-    vec = torch.randn(e, 3, requires_grad=True)
-    w = torch.randn(e, reference.weight_numel, requires_grad=True)
-    table = neighbour_slots(dst, n)
-
-    def both():
-        sh = o3.spherical_harmonics(irreps_sh, vec, True, normalization="component")
-        expected = torch.zeros(n, mid.dim).index_add(0, dst, reference(x[src], sh, w))
-        return expected, ours(x, sh, w, src, dst, table)
-
-    expected, got = both()
-    assert got.shape == expected.shape
-    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
-    assert got[n - 1].abs().max() == 0  # no edges, no message
-    probe = torch.randn_like(expected)
-    grads = [torch.autograd.grad((out * probe).sum(), (x, vec, w), create_graph=True) for out in both()]
-    for g_expected, g_got in zip(*grads):
-        torch.testing.assert_close(g_got, g_expected, rtol=1e-11, atol=1e-11)
-    second = [torch.autograd.grad(g[1].square().sum(), (x, vec, w), retain_graph=True) for g in grads]
-    for s_expected, s_got in zip(*second):
-        torch.testing.assert_close(s_got, s_expected, rtol=1e-10, atol=1e-10)
-    # atoms without edges (a caller skipped them) have no row in the table and get zeros
-    keep = dst != 0
-    table = neighbour_slots(dst[keep], n)
-    sh = o3.spherical_harmonics(irreps_sh, vec[keep], True, normalization="component")
-    expected = torch.zeros(n, mid.dim).index_add(0, dst[keep], reference(x[src[keep]], sh, w[keep]))
-    torch.testing.assert_close(ours(x, sh, w[keep], src[keep], dst[keep], table), expected, rtol=1e-12, atol=1e-12)
+    check_kernel_against_e3nn(ChannelConvolution, irreps_in, lmax, allowed, seed=2)
 
 
 def test_channel_convolution_refuses_what_it_cannot_do():
