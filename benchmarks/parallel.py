@@ -144,7 +144,7 @@ def bench_lammps(args) -> None:
     md = ["# LAMMPS MD (fix external), mpirun -np 2 vs 1", "",
           f"Machine: {machine(1)['cpu']}, one torch thread per rank; boxes of acetylacetone (copies of speed.py's "
           f"960-atom box), NVE, float32, model {MODEL}. Ghost shell: one receptive field (2 × 5 Å) + 1 Å skin. "
-          "Command: `python benchmarks/parallel.py lammps`", "",
+          f"Command: `python benchmarks/parallel.py {' '.join(sys.argv[1:])}`", "",
           "| atoms | steps timed | s/step, 1 rank | s/step, 2 ranks | speed-up | peak MB per rank (1 / 2 ranks) | ghosts per local atom (2 ranks) |",
           "|---|---|---|---|---|---|---|"]
     for n, steps, r, s in rows:
