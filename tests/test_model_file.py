@@ -108,7 +108,7 @@ def test_other_format_version_and_foreign_files(io_tiny_model, tmp_path):
     with pytest.raises(ModelFileError) as err:
         load_model(newer)
     assert f"format version {FORMAT_VERSION + 1}" in str(err.value)
-    assert f"reads version {FORMAT_VERSION}" in str(err.value)
+    assert f"reads versions 2, {FORMAT_VERSION}" in str(err.value)
     odd = rewrite(io_tiny_model, tmp_path / "vx.safetensors", format_version="one")
     with pytest.raises(ModelFileError, match="format version"):
         load_model(odd)
@@ -263,12 +263,15 @@ def test_float64_model_is_exact_whatever_the_default_dtype(tmp_path):
     save_model(str(tmp_path / "m.safetensors"), built, config, stats)
     loaded = load_model(str(tmp_path / "m.safetensors"))
     assert loaded.dtype == torch.float64
+    # trained in float32 and evaluated in float64: the constants are rebuilt, not read from the file
+    save_model(str(tmp_path / "m32.safetensors"), build_model(config, stats), config, stats)
+    promoted = load_model(str(tmp_path / "m32.safetensors"), dtype=torch.float64)
     rng = np.random.default_rng(0)
     positions = rng.uniform(0, 3.0, (7, 3))
     numbers = np.array([1, 6, 8, 1, 6, 8, 1])
     q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
     rotation = -q if np.linalg.det(q) > 0 else q  # improper
-    for model in (built, loaded):
+    for model in (built, loaded, promoted):
         outs = [model(to_graph(Configuration(numbers, p, np.zeros((3, 3)), np.zeros(3, bool)), 3.0))
                 for p in (positions, positions @ rotation.T)]
         r = torch.as_tensor(rotation)
@@ -276,3 +279,21 @@ def test_float64_model_is_exact_whatever_the_default_dtype(tmp_path):
         assert float((alpha_rot - r @ alpha @ r.T).abs().max()) < 1e-13 * float(alpha.abs().max())
         forces, forces_rot = outs[0]["forces"].detach(), outs[1]["forces"].detach()
         assert float((forces_rot - forces @ r.T).abs().max()) < 1e-13 * float(forces.abs().max())
+
+
+def test_model_files_hold_parameters_and_read_format_2(io_tiny_model, tmp_path):
+    """Files hold the trained parameters only; format 2 files, which also held e3nn's
+    constants (and the product kernels' of layers since replaced), still load, while a
+    tensor that is neither a parameter nor such a constant is refused."""
+    model = load_model(str(io_tiny_model))
+    assert set(load_file(str(io_tiny_model))) == {name for name, _ in model.named_parameters()}
+    old = dict(model.state_dict())
+    old["energy_model.layers.0.conv._compiled_main_left_right._w3j_1_1_2"] = torch.zeros(3, 3, 5)
+    old["energy_model.layers.0.conv.weight"] = torch.zeros(0)
+    path = rewrite(io_tiny_model, tmp_path / "v2.safetensors", format_version="2", tensors=old)
+    reloaded = load_model(path)
+    for name, value in model.named_parameters():
+        assert torch.equal(dict(reloaded.named_parameters())[name], value)
+    with pytest.raises(ModelFileError, match="unexpected"):
+        load_model(rewrite(io_tiny_model, tmp_path / "extra.safetensors", format_version="2",
+                           tensors={**old, "energy_model.stowaway": torch.zeros(2)}))

@@ -1,8 +1,12 @@
 """Model files: configuration + statistics + weights in one safetensors file.
 
 The configuration and statistics are JSON in the file's metadata; the weights are plain
-tensors. Loading rebuilds the network with :func:`build_model` and never unpickles or
-executes anything from the file.
+tensors: the trained parameters only (format 3). Everything else a network holds — Clebsch–
+Gordan coefficients, masks, the energy scale — follows from the configuration and statistics
+and is rebuilt, in the dtype asked for, when the file is loaded: a float32-trained model loaded
+in float64 is then exactly equivariant in float64, and files do not depend on how e3nn or our
+kernels store their constants. Format 2 files (which also held those constants) are read, their
+constants ignored. Loading never unpickles or executes anything from the file.
 """
 
 import dataclasses
@@ -21,7 +25,10 @@ from .build import build_model
 from .potential import Potential
 
 FORMAT = "equipot-model"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, 3)
+# constants of e3nn modules that format 2 files held besides the parameters
+E3NN_CONSTANTS = ("output_mask", "_w3j_")
 
 
 class ModelFileError(ValueError):
@@ -29,7 +36,7 @@ class ModelFileError(ValueError):
 
 
 def save_model(path: str, model: Potential, config: ModelConfig, stats: Statistics) -> None:
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.named_parameters()}
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -57,9 +64,10 @@ def read_model_file(path: str) -> Tuple[dict, ModelConfig, Statistics, dict]:
         version = int(metadata.get("format_version", -1))
     except ValueError:
         raise ModelFileError(f"{path}: unreadable format version {metadata.get('format_version')!r}") from None
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ModelFileError(
-            f"{path}: model file format version {version}; this equipot reads version {FORMAT_VERSION}"
+            f"{path}: model file format version {version}; this equipot reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
     try:
         config = _from_dict(ModelConfig, json.loads(metadata["model_config"]), "model", path)
@@ -82,11 +90,30 @@ def load_model(path: str, dtype: Optional[torch.dtype] = None, device: str = "cp
         model = build_model(config, stats, dtype=dtype or getattr(torch, saved_name))
     except (KeyError, ValueError, TypeError) as err:  # statistics inconsistent with the configuration
         raise ModelFileError(f"{path}: damaged metadata ({type(err).__name__}: {err})") from None
-    try:
-        missing, unexpected = model.load_state_dict(tensors, strict=False)
-    except RuntimeError as err:  # tensors of the wrong shape for the stored configuration
-        raise ModelFileError(f"{path}: weights do not match the model ({err})") from None
+    parameters = dict(model.named_parameters())
+    if int(metadata["format_version"]) == 2:  # parameters, and constants that are rebuilt instead
+        buffers = dict(model.named_buffers())
+        tensors = {k: v for k, v in tensors.items() if k in parameters or not _constant(k, v, buffers)}
+    missing = sorted(set(parameters) - set(tensors))
+    unexpected = sorted(set(tensors) - set(parameters))
     if missing or unexpected:
         raise ModelFileError(f"{path}: weights do not match the model (missing {missing}, unexpected {unexpected})")
+    try:
+        with torch.no_grad():
+            for name, value in tensors.items():
+                if parameters[name].shape != value.shape:
+                    raise RuntimeError(f"{name}: shape {tuple(value.shape)} in the file, "
+                                       f"{tuple(parameters[name].shape)} in the model")
+                parameters[name].copy_(value)
+    except RuntimeError as err:  # tensors of the wrong shape for the stored configuration
+        raise ModelFileError(f"{path}: weights do not match the model ({err})") from None
     model.model_config, model.statistics = config, stats
     return model.to(device).eval()
+
+
+def _constant(name: str, value: torch.Tensor, buffers: dict) -> bool:
+    """Whether a format 2 tensor that is not a parameter is a constant the model rebuilds: a
+    buffer of the rebuilt model, an e3nn constant (masks, Clebsch–Gordan blocks of a product
+    since replaced by our own kernel), or the empty weight of a product without weights."""
+    last = name.rsplit(".", 1)[-1]
+    return name in buffers or any(last.startswith(c) for c in E3NN_CONSTANTS) or (last == "weight" and value.numel() == 0)
