@@ -42,9 +42,7 @@ def _build(config: ModelConfig, stats: Statistics) -> Potential:
             readout_hidden=config.readout_hidden, avg_num_neighbors=max(stats.avg_num_neighbors, 1.0),
             atomic_shift=shift, atomic_scale=scale,
         )
-        potential = Potential(energy_model, species)
-        potential.model_config, potential.statistics = config, stats
-        return potential
+        return _potential(energy_model, species, None, None, config, stats)
     energy_model = EnergyModel(
         num_species=len(species),
         r_max=config.r_max,
@@ -67,6 +65,10 @@ def _build(config: ModelConfig, stats: Statistics) -> Potential:
     if config.long_range is not None:
         lr = config.long_range
         long_range = Electrostatics(lr.smearing, lr.method, lr.accuracy, lr.pme_min_atoms)
+    return _potential(energy_model, species, outputs, long_range, config, stats)
+
+
+def _potential(energy_model, species, outputs, long_range, config: ModelConfig, stats: Statistics) -> Potential:
     potential = Potential(energy_model, species, outputs, long_range)
     potential.model_config, potential.statistics = config, stats
     return potential
