@@ -184,8 +184,8 @@ def report(dataset: str, args) -> None:
             records.append({"model": f"published:{peer}", "variant": "paper", "dataset": dataset, "split": split,
                             "metric": "forces_mae", "value": value, "unit": "meV/A", "n_train": n})
     threads = points[0]["threads"]
-    name = doc_name(dataset)
-    path = write_result(name, threads, records,
+    doc = doc_name(dataset)
+    path = write_result(doc, threads, records,
                         extra={"budget": f"{args.minutes:g} min + {args.minutes_per_100:g} min per 100 structures",
                                "patience": args.patience})
     sizes = sorted({p["n_train"] for p in points})
@@ -210,9 +210,9 @@ def report(dataset: str, args) -> None:
            f"first {points[0]['n_rotated_configs']} test structures, evaluated in float64 (the largest over the sizes). "
            "Equivariant and invariant models give the same error in every orientation up to rounding; the "
            "Cartesian network, which learnt invariance from rotated copies, does not.", "",
-           f"![learning curves]({name}.png)"]
-    (DOCS / f"{name}.md").write_text("\n".join(md) + "\n")
-    plot(dataset, by_model, spec, name)
+           f"![learning curves]({doc}.png)"]
+    (DOCS / f"{doc}.md").write_text("\n".join(md) + "\n")
+    plot(dataset, by_model, spec, doc)
     print("\n".join(md))
     print(f"wrote {path}")
 
