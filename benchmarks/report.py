@@ -101,6 +101,7 @@ def main() -> None:
     lines += sections("peers-3bpa")
     lines += ["## Data efficiency: learning curves (benchmarks/learning_curve.py)", ""] + sections("learning_curve-")
     lines += ["## Physical checks (benchmarks/physics.py)", ""] + sections("physics-")
+    lines += simple_section("kernels")
     lines += simple_section("flops")
     lines += simple_section("nve_drift") + simple_section("data_memory")
     lines += ["## Typed outputs (issue 3)", ""] + sections("dipoles-") + sections("chirality-")
