@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from ..nn import RadialEmbedding
-from ..nn.radial import PolynomialEnvelope
 from .energy_model import ShiftedEnergies
 
 
@@ -89,7 +88,6 @@ class CartesianEnergyModel(ShiftedEnergies):
         super().__init__()
         self.num_species, self.r_max = num_species, float(r_max)
         self.radial = RadialEmbedding(r_max, num_basis)
-        self.envelope = PolynomialEnvelope(r_max)
         self.embedding = _linear(num_species, channels, bias=False)
         self.layers = nn.ModuleList(
             CartesianLayer(channels, num_basis, radial_hidden, avg_num_neighbors, residual=t > 0) for t in range(num_layers)
@@ -98,7 +96,6 @@ class CartesianEnergyModel(ShiftedEnergies):
             _mlp([channels, readout_hidden, 1], bias=False) if t == num_layers - 1 else _linear(channels, 1, bias=False)
             for t in range(num_layers)
         )
-        self.channels = channels
         self._init_shift(atomic_shift, atomic_scale)
 
     def forward(
@@ -110,8 +107,8 @@ class CartesianEnergyModel(ShiftedEnergies):
         layer_edges: Optional[List[torch.Tensor]] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         length = torch.linalg.norm(edge_vec, dim=-1)
-        edge_input = torch.cat([self.radial(length), edge_vec / self.r_max], dim=-1)
-        envelope = self.envelope(length)
+        envelope = self.radial.envelope(length)  # computed once: it also ends the filters at r_max
+        edge_input = torch.cat([self.radial.basis(length) * envelope.unsqueeze(-1), edge_vec / self.r_max], dim=-1)
         h = self.embedding(torch.nn.functional.one_hot(species, self.num_species).to(edge_vec.dtype))
         out = torch.zeros(species.shape[0], dtype=edge_vec.dtype, device=edge_vec.device)
         for t, (layer, readout) in enumerate(zip(self.layers, self.readouts)):
