@@ -121,7 +121,9 @@ def run_point(dataset: str, name: str, n: int, args) -> dict:
              "forces_mae": s["forces_mae"], "forces_rmse": s["forces_rmse"], "energy_mae": s["energy_mae"],
              "energy_rmse": s["energy_rmse"], "rotated_forces_rmse_mean": float(rmses.mean()),
              "rotated_forces_rmse_std": float(rmses.std()), "rotated_forces_rmse_range": float(rmses.max() - rmses.min()),
-             "n_rotations": args.rotations, "n_rotated_configs": len(configs), "threads": args.threads}
+             "n_rotations": args.rotations, "n_rotated_configs": len(configs), "threads": args.threads,
+             "command": "python " + " ".join(["benchmarks/learning_curve.py"] + sys.argv[1:]),
+             "patience": args.patience}
     tmp = record_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(point, indent=1))
     tmp.replace(record_path)
@@ -170,7 +172,9 @@ def report(dataset: str, args) -> None:
         for p in pts:
             common = {"model": "equipot" if name != "cartesian" else "baseline", "variant": name, "dataset": dataset,
                       "split": split, "dtype": "float32", "n_train": p["n_train"], "train_wall_s": p["train_wall_s"],
-                      "epochs": p["epochs"], "n_params": p["n_params"]}
+                      "budget_minutes": p["budget_minutes"], "epochs": p["epochs"], "n_params": p["n_params"]}
+            if "command" in p:  # the call that trained this point (points before this field: see the docs)
+                common["train_command"] = p["command"]
             for metric, unit in (("forces_mae", "meV/A"), ("forces_rmse", "meV/A"), ("energy_mae", "meV"),
                                  ("energy_rmse", "meV")):
                 records.append({**common, "metric": metric, "value": round(p[metric], 4), "unit": unit})
