@@ -5,7 +5,8 @@ model's energy + forces through its ASE calculator on one structure.
 
 Prints one JSON line: n_atoms, latency_ms (median over the repeats after two warm-up calls, the
 positions nudged before every call as in MD), us_per_atom, peak_mb (peak resident memory of this
-process), version. Only the peer, ASE and numpy are imported here, never equipot. The models are
+process), version, gflop (the matmul FLOPs of one more call, counted by torch.utils.flop_counter).
+Only the peer, ASE, numpy and torch are imported here, never equipot. The models are
 untrained (the time does not depend on the weights) and built as in ../shared/bench/peers.md.
 """
 
@@ -58,6 +59,32 @@ def nequip_calculator(dtype: str):
 PEERS = {"mace": mace_calculator, "nequip": nequip_calculator}
 
 
+def count_gflop(atoms) -> float:
+    """GFLOP of one more energy + forces call of ``atoms.calc``: the operations torch's FLOP
+    formulas know (matmuls, batched matmuls, convolutions; elementwise work is not counted),
+    summed by a dispatch mode without torch.utils.flop_counter's module hooks (NequIP's force
+    pass refuses those). benchmarks/speed.py counts equipot's calls with this too."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    class Counter(TorchDispatchMode):
+        flops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                self.flops += formula(*args, **kwargs, out_val=out)
+            return out
+
+    atoms.positions += 1e-4
+    with Counter() as counter:
+        atoms.get_forces()
+    return counter.flops / 1e9
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("peer", choices=sorted(PEERS))
@@ -81,8 +108,10 @@ def main() -> None:
         if k >= 2:
             times.append(time.perf_counter() - t)
     median = float(np.median(times))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gflop = count_gflop(atoms)
     print(json.dumps({"n_atoms": len(atoms), "latency_ms": 1000 * median, "us_per_atom": 1e6 * median / len(atoms),
-                      "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "version": version}))
+                      "peak_mb": peak_mb, "version": version, "gflop": gflop}))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ PEERS = {"mace": "mace-torch==0.3.16", "nequip": "nequip==0.19.1"}
 TORCH = "torch==2.13.0"
 EQUIPOT_MODELS = {  # label: model settings (as in benchmarks/accuracy.py)
     "equipot lmax 1, 16 ch": {"lmax": 1, "channels": 16},
+    "equipot lmax 1, 32 ch": {"lmax": 1, "channels": 32},
     "equipot lmax 1, 32 ch, scalar messages": {"lmax": 1, "channels": 32, "message_lmax": 0},
     "equipot lmax 2, 32 ch": {"lmax": 2, "channels": 32},
 }
@@ -118,12 +119,18 @@ def speed(args) -> None:
         versions[peer] = next((r["version"] for r in results[label] if "version" in r), None)
         print(label, [round(r.get("us_per_atom", float("nan")), 1) for r in results[label]], flush=True)
 
+    import torch
+
+    from flops import matmul_peak_gflops
+
+    torch.set_num_threads(args.threads)
+    peak = matmul_peak_gflops(getattr(torch, args.dtype))  # this dtype, these threads
     records, rows = [], []
     for label, per_size in results.items():
         if isinstance(per_size, dict):
-            rows.append(f"| {label} | " + " | ".join(["—"] * len(args.sizes)) + f" | {per_size['error']} |")
+            rows.append(f"| {label} | " + " | ".join(["—"] * len(args.sizes)) + f" | {per_size['error']} | – |")
             continue
-        cells, notes = [], []
+        cells, notes, share = [], [], "–"
         for n, r in zip(args.sizes, per_size):
             if "error" in r:
                 cells.append("failed")
@@ -135,8 +142,16 @@ def speed(args) -> None:
             records += [{**base, "metric": "throughput", "value": round(r["us_per_atom"], 2), "unit": "us/atom/step"},
                         {**base, "metric": "latency", "value": round(r["latency_ms"], 3), "unit": "ms"},
                         {**base, "metric": "peak_memory", "value": round(r["peak_mb"], 1), "unit": "MB"}]
-        rows.append(f"| {label} | " + " | ".join(cells) + f" | {'; '.join(notes)} |")
+            if r.get("gflop"):  # matmul FLOPs per call over the median time: the share of the peak
+                gflops = r["gflop"] / (r["latency_ms"] / 1000)
+                records += [{**base, "metric": "gflop_per_step", "value": round(r["gflop"], 4), "unit": "GFLOP"},
+                            {**base, "metric": "share_of_matmul_peak", "value": round(gflops / peak, 4),
+                             "unit": "fraction", "achieved_gflops": round(gflops, 2)}]
+                share = f"{100 * gflops / peak:.1f} % ({r['gflop']:.2f} GFLOP)"  # of the largest size
+        rows.append(f"| {label} | " + " | ".join(cells) + f" | {'; '.join(notes)} | {share} |")
     name = f"peers-speed-{args.dtype}-t{args.threads}"
+    records.append({"model": "machine", "variant": "matmul 1024", "dataset": "-", "dtype": args.dtype,
+                    "threads": args.threads, "metric": "matmul_peak", "value": round(peak, 1), "unit": "GFLOP/s"})
     write_result(name, args.threads, records, extra={"peer_versions": versions})
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -157,10 +172,12 @@ def speed(args) -> None:
     md = [f"# Speed side by side: {args.dtype}, {args.threads} thread(s)", "",
           f"Machine: {machine(args.threads)['cpu']}. Energy + forces through each code's ASE calculator (neighbour list "
           f"included), median of {args.repeats} calls, one fresh process per model and size; peers in their own venvs "
-          f"({peer_versions or 'none ran'}). Cells: µs/atom/step · peak RSS. "
-          f"Command: `python benchmarks/peers.py {' '.join(sys.argv[1:])}`", "",
-          "| model | " + " | ".join(f"{n} atoms" for n in args.sizes) + " | notes |",
-          "|---|" + "---|" * len(args.sizes) + "---|"] + rows + ["", f"![speed]({name}.png)"]
+          f"({peer_versions or 'none ran'}). Cells: µs/atom/step · peak RSS. Share of peak: matmul FLOPs of a "
+          f"call at {args.sizes[-1]} atoms (torch.utils.flop_counter; elementwise work not counted, a lower bound) "
+          f"per second, over this machine's {args.dtype} matmul peak measured in the same run, {peak:.0f} GFLOP/s "
+          f"on {args.threads} thread(s). Command: `python benchmarks/peers.py {' '.join(sys.argv[1:])}`", "",
+          "| model | " + " | ".join(f"{n} atoms" for n in args.sizes) + " | notes | share of matmul peak |",
+          "|---|" + "---|" * len(args.sizes) + "---|---|"] + rows + ["", f"![speed]({name}.png)"]
     (DOCS / f"{name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

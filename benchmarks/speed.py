@@ -87,11 +87,14 @@ def measure(model: str, n_atoms: int, threads: int, dtype: str, repeats: int) ->
             times.append(time.perf_counter() - t)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     median = float(np.median(times))
+    from peer_worker import count_gflop  # the same count as the peers'
+
+    gflop = count_gflop(atoms)
     from equipot.data import neighbor_list
 
     n_edges = len(neighbor_list(atoms.positions, np.array(atoms.cell), atoms.pbc, 5.0)[0])
     return {"n_atoms": len(atoms), "latency_ms": 1000 * median, "us_per_atom": 1e6 * median / len(atoms),
-            "peak_mb": peak_mb, "neighbors_5A": n_edges / len(atoms)}
+            "peak_mb": peak_mb, "neighbors_5A": n_edges / len(atoms), "gflop": gflop}
 
 
 def main() -> None:
