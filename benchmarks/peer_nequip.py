@@ -31,10 +31,17 @@ from pathlib import Path
 
 import numpy as np
 
-TYPE_NAMES = {1: "H", 6: "C", 8: "O"}  # atomic number -> NequIP type name (= chemical symbol)
 R_MAX = 5.0
 BATCH_SIZE = 5
 SEED = 1234
+
+
+def type_names(e0s: dict) -> dict:
+    """atomic number -> NequIP type name (the chemical symbol), for the elements that have an E0."""
+    from ase.data import chemical_symbols
+
+    return {int(z): chemical_symbols[int(z)] for z in sorted(e0s)}
+
 
 # Runs in the NequIP venv: loads a checkpoint (EMA weights) through nequip's API and writes, for
 # every test file, its frames with the predicted energy and forces; prints one JSON line with the
@@ -81,10 +88,8 @@ def max_time(budget_minutes: float) -> str:
 
 def nequip_config(work: Path, train: Path, valid: Path, e0s: dict, budget_minutes: float) -> dict:
     """The nequip-train config (Hydra; written as JSON, which YAML reads as is)."""
-    types = [TYPE_NAMES[z] for z in sorted(TYPE_NAMES)]
-    missing = [z for z in TYPE_NAMES if z not in e0s]
-    if missing:
-        raise ValueError(f"no E0 for atomic numbers {missing}")
+    names = type_names(e0s)  # every element of the data has an E0 (peers.py reads them from the isolated atoms)
+    types = list(names.values())
     transforms = [
         {"_target_": "nequip.data.transforms.ChemicalSpeciesToAtomTypeMapper", "model_type_names": types,
          "chemical_species_to_atom_type_map": {t: t for t in types}},
@@ -151,7 +156,7 @@ def nequip_config(work: Path, train: Path, valid: Path, e0s: dict, budget_minute
                 "l_max": 1,
                 "num_features": 32,
                 "avg_num_neighbors": "${training_data_stats:num_neighbors_mean}",
-                "per_type_energy_shifts": {TYPE_NAMES[z]: float(e0s[z]) for z in TYPE_NAMES},
+                "per_type_energy_shifts": {names[z]: float(e0s[z]) for z in names},
                 "per_type_energy_scales": "${training_data_stats:forces_rms}",
             },
         },
@@ -232,7 +237,7 @@ def train_nequip(python: Path, work: Path, train: Path, valid: Path, e0s: dict, 
     # predictions through nequip's own calculator, in its venv
     preds = {name: (str(Path(path).absolute()), str(work / f"{name}_pred.xyz")) for name, path in tests.items()}
     spec = {"checkpoint": str(checkpoint), "threads": threads, "r_max": R_MAX,
-            "type_names": [TYPE_NAMES[z] for z in sorted(TYPE_NAMES)], "tests": preds}
+            "type_names": list(type_names(e0s).values()), "tests": preds}
     (work / "evaluate.py").write_text(EVALUATE.lstrip())
     (work / "evaluate.json").write_text(json.dumps(spec, indent=2) + "\n")
     with open(work / "evaluate.log", "w") as log:
