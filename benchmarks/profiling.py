@@ -1,0 +1,116 @@
+"""Where the time of a step goes: torch.profiler tables of an energy + forces call and of a
+training step, grouped by operator and input shape.
+
+    python benchmarks/profiling.py inference MODEL --atoms 960 --threads 1
+    python benchmarks/profiling.py train --lmax 2 --channels 32 --batch-size 5
+
+inference: MODEL's energy + forces on the acac box of benchmarks/speed.py (model call only, no
+neighbour list). train: one optimizer step (forces in the loss, so a second backward pass) of an
+untrained model on acac training structures. Prints the operators that take most of the
+time per call, the number of operator calls per step and the median step time, and writes
+docs/benchmarks/profile-<kind>-<tag>.md. Profiling is for finding work to remove; speed figures
+come from benchmarks/speed.py and benchmarks/peers.py.
+"""
+
+import argparse
+import sys
+import time
+
+import numpy as np
+import torch
+
+from common import DATA, DOCS, REPO, machine
+
+
+def inference_step(args):
+    from equipot.data import Configuration, to_graph
+    from equipot.model import load_model
+    from speed import acac_box
+
+    model = load_model(args.model, dtype=getattr(torch, args.dtype)).eval()
+    atoms = acac_box(max(1, args.atoms // 15))
+    config = Configuration(numbers=atoms.numbers, positions=atoms.positions, cell=np.array(atoms.cell),
+                           pbc=atoms.pbc)
+    graph = to_graph(config, model.model_config.r_max).to(dtype=getattr(torch, args.dtype))
+    return lambda: model(graph), f"{len(atoms)} atoms, {graph.edge_src.numel()} edges"
+
+
+def train_step(args):
+    from equipot.config import config_from_dict
+    from equipot.train import Trainer
+    from equipot.train.loss import combine, squared_error_terms
+
+    config = config_from_dict({
+        "output_dir": str(REPO / "runs" / "profile-train"), "seed": 1,
+        "data": {"train": str(DATA / "acac/train_300K.xyz"), "valid_fraction": 0.1, "max_train": 100,
+                 "e0s": str(DATA / "acac/isolated_atoms.xyz"), "keys": {"energy": "energy", "forces": "forces"}},
+        "model": {"lmax": args.lmax, "channels": args.channels},
+        "training": {"threads": args.threads, "batch_size": args.batch_size, "dtype": args.dtype},
+    }, "profile config")
+    trainer = Trainer(config, progress=False)
+    trainer._setup(resume=False, overwrite=True)
+    graphs = [g.to("cpu", getattr(torch, args.dtype)) for g in trainer.train_loader]
+    weights, count = config.training.loss, [0]
+
+    def step():
+        graph = graphs[count[0] % len(graphs)]
+        count[0] += 1
+        trainer.optimizer.zero_grad(set_to_none=True)
+        terms = squared_error_terms(trainer.model(graph, training=True), graph, weights)
+        combine(terms, trainer._global_counts(terms), weights).backward()
+        trainer.optimizer.step()
+        if trainer.ema:
+            trainer.ema.update(trainer.model)
+
+    return step, f"batch of {args.batch_size} acac structures ({15 * args.batch_size} atoms)"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("kind", choices=["inference", "train"])
+    p.add_argument("model", nargs="?", help="model file (inference)")
+    p.add_argument("--atoms", type=int, default=960)
+    p.add_argument("--lmax", type=int, default=2)
+    p.add_argument("--channels", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--rows", type=int, default=25)
+    p.add_argument("--tag", default=None)
+    args = p.parse_args()
+    if args.kind == "inference" and not args.model:
+        p.error("inference needs a MODEL file")
+    torch.set_num_threads(args.threads)
+    step, what = inference_step(args) if args.kind == "inference" else train_step(args)
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    with torch.profiler.profile(record_shapes=True) as prof:
+        for _ in range(args.steps):
+            step()
+    events = prof.key_averages(group_by_input_shape=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    calls = sum(e.count for e in events if e.key.startswith("aten::")) / args.steps
+    rows = sorted(events, key=lambda e: -e.self_cpu_time_total)[: args.rows]
+    tag = args.tag or (f"lmax{args.lmax}-c{args.channels}-b{args.batch_size}" if args.kind == "train"
+                       else f"{args.atoms}")
+    md = [f"# Profile: {args.kind}, {tag}", "",
+          f"Machine: {machine(args.threads)['cpu']}, {args.threads} thread(s), {args.dtype}; {what}; median step "
+          f"{1000 * float(np.median(times)):.1f} ms (without the profiler); {calls:.0f} aten operator calls per step. "
+          f"Command: `python benchmarks/profiling.py {' '.join(sys.argv[1:])}`", "",
+          "| share | ms per step | calls per step | operator | input shapes |", "|---|---|---|---|---|"]
+    for e in rows:
+        shapes = str(e.input_shapes).replace("|", "/")[:90]
+        md.append(f"| {100 * e.self_cpu_time_total / total:.1f} % | {e.self_cpu_time_total / 1000 / args.steps:.2f} | "
+                  f"{e.count / args.steps:g} | {e.key} | {shapes} |")
+    (DOCS / f"profile-{args.kind}-{tag}.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
