@@ -11,7 +11,7 @@ The validation split (seeded) is carved from the training file; test files are o
 import argparse
 import shutil
 import sys
-import time
+from pathlib import Path
 
 import torch
 
@@ -21,6 +21,7 @@ from equipot.config import config_from_dict
 from equipot.evaluate import evaluate_file
 from equipot.model import load_model
 from equipot.train import MODEL, Trainer
+from equipot.train.loop import CHECKPOINT
 
 DATASETS = {
     "acac": {
@@ -115,9 +116,11 @@ def main() -> None:
     p.add_argument("--variant", default=None)
     p.add_argument("--out", default=None, help="training output folder (default runs/<dataset>)")
     p.add_argument("--eval-only", action="store_true", help="evaluate the model already trained in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out for another --budget-minutes (long runs over several sessions)")
     args = p.parse_args()
     # the record names the training command; --eval-only re-evaluates that same run
-    sys.argv = [x for x in sys.argv if x != "--eval-only"]
+    sys.argv = [x for x in sys.argv if x not in ("--eval-only", "--resume")]
     torch.set_num_threads(args.threads)
     spec = DATASETS[args.dataset]
     variant = args.variant or (
@@ -148,9 +151,12 @@ def main() -> None:
         history = list(csv.DictReader(open(f"{out_dir}/metrics.csv")))
         result, train_wall = {"epochs": len(history)}, float(history[-1]["wall_s"])
     else:
-        start = time.time()
-        result = Trainer(config, progress=False).run()
-        train_wall = time.time() - start
+        resume = args.resume and Path(out_dir, CHECKPOINT).exists()
+        result = Trainer(config, progress=False).run(resume=resume)
+        import csv
+
+        # all the training so far (the wall-clock of every run of a resumed one)
+        train_wall = float(list(csv.DictReader(open(f"{out_dir}/metrics.csv")))[-1]["wall_s"])
     model = load_model(f"{out_dir}/{MODEL}")
     n_params = sum(p.numel() for p in model.parameters())
     records, rows = [], []
@@ -177,7 +183,7 @@ def main() -> None:
             records.append({"model": f"published:{peer}", "variant": "paper", "dataset": args.dataset, "split": test,
                             "metric": f"forces_{m}", "value": f, "unit": "meV/A"})
     path = write_result(f"{args.dataset}-{variant}", args.threads, records)
-    md = [f"# {args.dataset}: equipot {variant}, {args.budget_minutes:g} min budget",
+    md = [f"# {args.dataset}: equipot {variant}, {train_wall / 60:.0f} min of training",
           "", f"Machine: {machine(args.threads)['cpu']}, {args.threads} thread(s); {args.dtype}; "
           f"{result['epochs']} epochs in {train_wall / 60:.1f} min; {n_params} parameters; "
           f"command: `python benchmarks/accuracy.py {' '.join(sys.argv[1:])}`",

@@ -16,6 +16,7 @@ from equipot.data import CloseAtomsError, DataError, compute_statistics, fit_e0,
 from equipot.data import read_configurations
 from equipot.model import load_model
 from equipot.train import CHECKPOINT, MODEL, CheckpointError, Trainer, load_checkpoint
+from equipot.train.checkpoint import save_checkpoint
 from equipot.train import loop as loop_module
 from equipot.train.loss import squared_error_terms
 from equipot.train.setup import read_splits
@@ -108,6 +109,11 @@ def test_resume_after_wall_clock_stop_with_cosine_schedule(io_config_dict):
     # the same configuration, killed by a (tiny) wall-clock limit after its first epoch
     config, result = train(io_config_dict("cos_cut", scheduler="cosine", max_epochs=3, max_minutes=1e-9))
     assert result["stop_reason"] == "wall_clock" and result["epochs"] == 1
+    # as if the first run had trained for 1000 s: the resumed run's wall-clock column goes on from there
+    path = os.path.join(config.output_dir, CHECKPOINT)
+    state = load_checkpoint(path)
+    state["history"] = json.dumps([{**row, "wall_s": 1000.0} for row in json.loads(state["history"])])
+    save_checkpoint(path, state)
     config, result = train(io_config_dict("cos_cut", scheduler="cosine", max_epochs=3), resume=True)
     assert result["epochs"] == 3
     a = load_checkpoint(os.path.join(straight.output_dir, CHECKPOINT))
@@ -115,6 +121,8 @@ def test_resume_after_wall_clock_stop_with_cosine_schedule(io_config_dict):
     assert_same_state(a, b)
     lrs = [row["lr"] for row in json.loads(b["history"])]
     assert lrs[0] > lrs[1] > lrs[2]  # the cosine schedule continued, not restarted
+    walls = [float(row["wall_s"]) for row in csv.DictReader(open(os.path.join(config.output_dir, "metrics.csv")))]
+    assert walls[0] == 1000.0 and 1000.0 < walls[1] < walls[2] < 1000.0 + 600
 
 
 def test_early_stopping(io_config_dict, monkeypatch):

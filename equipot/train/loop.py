@@ -202,6 +202,9 @@ class Trainer:
         """Train; ``resume`` continues from the checkpoint, ``overwrite`` replaces an earlier run."""
         self._setup(resume, overwrite)
         t, start = self.config.training, time.time()
+        # wall_s counts the training time of every run so far (a resumed run goes on from it);
+        # max_minutes limits this run
+        elapsed_before = float(self.history[-1]["wall_s"]) if self.history else 0.0
         if self.world.is_main:
             os.makedirs(self.out, exist_ok=True)
             with open(os.path.join(self.out, "config.yaml"), "w") as f:
@@ -224,7 +227,7 @@ class Trainer:
             self.epoch += 1
             self.best_loss = min(self.best_loss, metrics["valid_loss"])
             self.bad_epochs = 0 if improved else self.bad_epochs + 1
-            row = {"epoch": self.epoch, "wall_s": round(time.time() - start, 3),
+            row = {"epoch": self.epoch, "wall_s": round(elapsed_before + time.time() - start, 3),
                    "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss, **metrics}
             self.history.append(row)
             if self.world.is_main:
