@@ -5,7 +5,7 @@ model's energy + forces through its ASE calculator on one structure.
 
 Prints one JSON line: n_atoms, latency_ms (median over the repeats after two warm-up calls, the
 positions nudged before every call as in MD), us_per_atom, peak_mb (peak resident memory of this
-process), version, gflop (the matmul FLOPs of one more call, counted by torch.utils.flop_counter).
+process), version, gflop (the matmul FLOPs of one more call, by torch.utils.flop_counter's formulas).
 Only the peer, ASE, numpy and torch are imported here, never equipot. The models are
 untrained (the time does not depend on the weights) and built as in ../shared/bench/peers.md.
 """

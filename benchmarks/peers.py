@@ -173,7 +173,7 @@ def speed(args) -> None:
           f"Machine: {machine(args.threads)['cpu']}. Energy + forces through each code's ASE calculator (neighbour list "
           f"included), median of {args.repeats} calls, one fresh process per model and size; peers in their own venvs "
           f"({peer_versions or 'none ran'}). Cells: µs/atom/step · peak RSS. Share of peak: matmul FLOPs of a "
-          f"call at {args.sizes[-1]} atoms (torch.utils.flop_counter; elementwise work not counted, a lower bound) "
+          f"call at {args.sizes[-1]} atoms (torch.utils.flop_counter's formulas; elementwise work not counted, a lower bound) "
           f"per second, over this machine's {args.dtype} matmul peak measured in the same run, {peak:.0f} GFLOP/s "
           f"on {args.threads} thread(s). Command: `python benchmarks/peers.py {' '.join(sys.argv[1:])}`", "",
           "| model | " + " | ".join(f"{n} atoms" for n in args.sizes) + " | notes | share of matmul peak |",
