@@ -3,7 +3,7 @@
     python benchmarks/flops.py MODEL [MODEL ...] --atoms 960 --threads 1
 
 Counts the floating-point operations of one energy + forces evaluation with
-torch.utils.flop_counter (matmuls, batched matmuls and convolutions: the operations it
+torch.utils.flop_counter's formulas (matmuls, batched matmuls and convolutions: the operations it
 knows; elementwise work is not counted, so the share is a lower bound of the arithmetic
 done) and times the same call (median of 9 after warm-up). The peak is measured here too:
 a 1024 × 1024 float32 matmul. Writes docs/benchmarks/flops.{json,md}.
@@ -32,8 +32,6 @@ def matmul_peak_gflops(dtype: torch.dtype = torch.float32) -> float:
 
 
 def measure(path: str, n_atoms: int) -> dict:
-    from torch.utils.flop_counter import FlopCounterMode
-
     from equipot.data import Configuration, to_graph
     from equipot.model import load_model
     from speed import acac_box
@@ -43,9 +41,9 @@ def measure(path: str, n_atoms: int) -> dict:
     config = Configuration(numbers=atoms.numbers, positions=atoms.positions, cell=np.array(atoms.cell),
                            pbc=atoms.pbc)
     graph = to_graph(config, model.model_config.r_max).to(dtype=torch.float32)
-    with FlopCounterMode(display=False) as counter:
-        model(graph)
-    flops = counter.get_total_flops()
+    from peer_worker import count_flops  # the count benchmarks/peers.py uses for every code
+
+    flops = count_flops(lambda: model(graph))
     for _ in range(2):
         model(graph)
     times = []
@@ -82,7 +80,7 @@ def main() -> None:
     md = ["# Share of the matmul peak", "",
           f"Machine: {machine(args.threads)['cpu']}, {args.threads} thread(s), float32; energy + forces of one "
           f"{rows[0][1]['n_atoms']}-atom acac box (model call only, no neighbour list); FLOPs of matmuls, batched "
-          f"matmuls and convolutions counted by torch.utils.flop_counter (elementwise work not counted: a lower bound). "
+          f"matmuls and convolutions counted with torch.utils.flop_counter's formulas (elementwise work not counted: a lower bound). "
           f"Matmul peak measured now: {peak:.0f} GFLOP/s. Command: `python benchmarks/flops.py ...`", "",
           "| model | GFLOP per step | ms per step | GFLOP/s | share of peak |", "|---|---|---|---|---|"]
     md += [f"| {label} | {r['gflop']:.3f} | {1000 * r['seconds']:.1f} | {r['gflops']:.1f} | {100 * share:.1f} % |"

@@ -59,12 +59,11 @@ def nequip_calculator(dtype: str):
 PEERS = {"mace": mace_calculator, "nequip": nequip_calculator}
 
 
-def count_gflop(atoms) -> float:
-    """GFLOP of one more energy + forces call of ``atoms.calc``: the operations torch's FLOP
-    formulas know (matmuls, batched matmuls, convolutions; elementwise work is not counted),
-    summed by a dispatch mode without torch.utils.flop_counter's module hooks (NequIP's force
-    pass refuses those). benchmarks/speed.py counts equipot's calls with this too."""
-    import torch
+def count_flops(call) -> int:
+    """FLOPs of ``call()``: the operations torch's FLOP formulas know (matmuls, batched matmuls,
+    convolutions; elementwise work is not counted), summed by a dispatch mode without
+    torch.utils.flop_counter's module hooks (NequIP's force pass refuses those).
+    benchmarks/speed.py and benchmarks/flops.py count equipot's calls with this too."""
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import flop_registry
 
@@ -79,10 +78,15 @@ def count_gflop(atoms) -> float:
                 self.flops += formula(*args, **kwargs, out_val=out)
             return out
 
-    atoms.positions += 1e-4
     with Counter() as counter:
-        atoms.get_forces()
-    return counter.flops / 1e9
+        call()
+    return counter.flops
+
+
+def count_gflop(atoms) -> float:
+    """GFLOP of one more energy + forces call of ``atoms.calc`` (positions nudged, as in MD)."""
+    atoms.positions += 1e-4
+    return count_flops(atoms.get_forces) / 1e9
 
 
 def main() -> None:
