@@ -9,6 +9,7 @@ The validation split (seeded) is carved from the training file; test files are o
 """
 
 import argparse
+import csv
 import shutil
 import sys
 from pathlib import Path
@@ -145,18 +146,11 @@ def main() -> None:
                      "patience": 100000, "scheduler": "plateau", "lr_patience": 10, "lr_factor": 0.8,
                      "ema_decay": 0.99, "loss": {"energy": 1.0, "forces": args.forces_weight}},
     }, "benchmark config")
-    if args.eval_only:  # the training run's own record of epochs and wall-clock
-        import csv
-
-        history = list(csv.DictReader(open(f"{out_dir}/metrics.csv")))
-        result, train_wall = {"epochs": len(history)}, float(history[-1]["wall_s"])
-    else:
-        resume = args.resume and Path(out_dir, CHECKPOINT).exists()
-        result = Trainer(config, progress=False).run(resume=resume)
-        import csv
-
-        # all the training so far (the wall-clock of every run of a resumed one)
-        train_wall = float(list(csv.DictReader(open(f"{out_dir}/metrics.csv")))[-1]["wall_s"])
+    if not args.eval_only:
+        Trainer(config, progress=False).run(resume=args.resume and Path(out_dir, CHECKPOINT).exists())
+    # the run's own record: its epochs, and the wall-clock of all its training (every resumed part)
+    history = list(csv.DictReader(open(f"{out_dir}/metrics.csv")))
+    result, train_wall = {"epochs": len(history)}, float(history[-1]["wall_s"])
     model = load_model(f"{out_dir}/{MODEL}")
     n_params = sum(p.numel() for p in model.parameters())
     records, rows = [], []
