@@ -11,10 +11,10 @@ from ase import Atoms
 from ase.build import bulk, molecule
 
 from equipot.config import ConfigError, LongRangeConfig, ModelConfig, config_from_dict
-from equipot.data import Configuration, Statistics, make_batch, to_graph
+from equipot.data import Configuration, Statistics, make_batch, neighbor_list, to_graph
 from equipot.electrostatics import Electrostatics, LongRangeError
 from equipot.electrostatics.coulomb import MeshPME, fft_size
-from equipot.geometry import apply_strain, symmetric_strain
+from equipot.geometry import apply_strain, edge_vectors, symmetric_strain
 from equipot.model import build_model
 
 from equivariance import check_potential_equivariance, random_structure, triclinic_cell
@@ -28,15 +28,25 @@ def float64(float64_without_einsum_search):
     yield
 
 
-def energy(solver, charges, positions, cell, pbc=True):
-    """Total energy of one structure and its gradient wrt positions and strain."""
+def energy(solver, charges, positions, cell, pbc=True, pair_cutoff=None):
+    """Total energy of one structure and its gradient wrt positions and strain.
+
+    With ``pair_cutoff``, the solver gets every pair within it (vesin, images included), as a
+    model passes its neighbour list.
+    """
     n = len(charges)
     positions = torch.as_tensor(positions, dtype=torch.float64).clone().requires_grad_(True)
     cell = torch.as_tensor(np.asarray(cell), dtype=torch.float64).reshape(1, 3, 3)
     node_graph = torch.zeros(n, dtype=torch.long)
     displacement, strain = symmetric_strain(1, torch.float64, "cpu")
     pos, cell = apply_strain(positions, cell, strain, node_graph)
-    e = solver(torch.as_tensor(charges, dtype=torch.float64), pos, cell, torch.full((1, 3), pbc), node_graph, 1).sum()
+    pairs = None
+    if pair_cutoff is not None:
+        src, dst, shift = neighbor_list(positions.detach().numpy(), cell[0].detach().numpy(), np.full(3, pbc), pair_cutoff)
+        src, dst, shift = torch.as_tensor(src), torch.as_tensor(dst), torch.as_tensor(shift, dtype=torch.float64)
+        pairs = (src, dst, edge_vectors(pos, cell, node_graph, src, dst, shift))
+    e = solver(torch.as_tensor(charges, dtype=torch.float64), pos, cell, torch.full((1, 3), pbc), node_graph, 1,
+               pairs).sum()
     grad_pos, grad_strain = torch.autograd.grad(e, [positions, displacement])
     return float(e.detach()), -grad_pos.numpy(), -grad_strain[0].numpy()
 
@@ -143,6 +153,43 @@ def test_pme_meets_the_stated_accuracy(accuracy, smearing):
     assert np.abs(w - w0).max() < accuracy * np.abs(w0).max()
 
 
+@pytest.mark.parametrize("accuracy", [1e-3, 1e-4, 1e-5])
+@pytest.mark.parametrize("cutoff", [4.0, 6.0])
+@pytest.mark.parametrize("total_charge", [0.0, 5.0])
+def test_range_split_pme_meets_the_stated_accuracy(accuracy, cutoff, total_charge):
+    """PME on the coarser mesh of σ_k plus the pair sum within the cutoff, against converged Ewald."""
+    rng = np.random.default_rng(9)
+    charges, positions, cell = random_cell(rng, n=100, length=10.0)  # 0.1 charges per Å³
+    charges = charges + total_charge / len(charges)
+    split = Electrostatics(0.7, "pme", accuracy=accuracy, pair_cutoff=cutoff)
+    assert split.mesh_smearing > 1.1 * split.smearing  # the split is on, its mesh is coarser
+    e0, f0, w0 = energy(Electrostatics(0.7, "ewald", accuracy=1e-10), charges, positions, cell)
+    e, f, w = energy(split, charges, positions, cell, pair_cutoff=cutoff)
+    assert np.sqrt(((f - f0) ** 2).mean() / (f0**2).mean()) < accuracy
+    assert abs(e - e0) < accuracy * abs(e0)
+    assert np.abs(w - w0).max() < accuracy * np.abs(w0).max()
+    # without the pairs the same solver falls back to the fine mesh of σ
+    e1, f1, _ = energy(split, charges, positions, cell)
+    assert np.sqrt(((f1 - f0) ** 2).mean() / (f0**2).mean()) < accuracy and abs(e1 - e0) < accuracy * abs(e0)
+
+
+def test_range_split_is_exact_when_the_pairs_reach_far_enough():
+    """With every pair where v_σ − v_σk matters, the split equals converged Ewald to the fine
+    mesh's error: its self and background terms are right (charged cell)."""
+    rng = np.random.default_rng(10)
+    charges, positions, cell = random_cell(rng, n=40, length=9.0)
+    charges = charges + 0.05
+    e0, f0, w0 = energy(Electrostatics(0.6, "ewald", accuracy=1e-10), charges, positions, cell)
+    solver = Electrostatics(0.6, "pme", accuracy=1e-6)
+    solver.mesh_smearing = 1.2  # with pairs to 8 Å: erfc(8 / (√2 · 1.2)) ≈ 2e-10
+    solver.mesh_potential = type(solver.potential)(smearing=1.2, prefactor=solver.potential.prefactor)
+    solver.pme_split = MeshPME(solver.mesh_potential, lambda c: torch.tensor([64, 64, 64]))  # h/σ_k ≈ 0.12
+    e, f, w = energy(solver, charges, positions, cell, pair_cutoff=8.0)
+    assert abs(e - e0) < 1e-8 * abs(e0)
+    assert np.abs(f - f0).max() < 1e-6 * np.abs(f0).max()
+    assert np.abs(w - w0).max() < 1e-6 * np.abs(w0).max()
+
+
 def test_auto_picks_pme_for_large_cells_and_agrees_with_ewald():
     charges, positions, cell = random_cell(np.random.default_rng(2), n=40)
     auto = Electrostatics(1.0, "auto", pme_min_atoms=30)
@@ -195,10 +242,10 @@ def test_solver_errors_are_clear():
 SPECIES = [1, 8, 11, 17]
 
 
-def lr_model(method="auto", seed=0):
+def lr_model(method="auto", seed=0, smearing=1.0, accuracy=1e-8):
     torch.manual_seed(seed)
     config = ModelConfig(r_max=3.0, channels=4, lmax=1, num_basis=4, radial_hidden=[8], readout_hidden=4,
-                         correlation=2, long_range=LongRangeConfig(method=method, smearing=1.0, accuracy=1e-8))
+                         correlation=2, long_range=LongRangeConfig(method=method, smearing=smearing, accuracy=accuracy))
     stats = Statistics(species=SPECIES, e0={z: 0.0 for z in SPECIES}, energy_shift=0.0, energy_scale=1.0,
                        avg_num_neighbors=5.0)
     return build_model(config, stats).double()
@@ -248,6 +295,31 @@ def test_long_range_forces_and_stress_match_finite_differences(periodic):
     np.testing.assert_allclose(atoms.get_forces(), calculate_numerical_forces(atoms, eps=1e-4), rtol=0, atol=1e-6)
     if periodic:
         np.testing.assert_allclose(atoms.get_stress(), calculate_numerical_stress(atoms, eps=1e-5), rtol=0, atol=1e-7)
+
+
+def test_long_range_model_with_the_range_split():
+    """A PME model passes its neighbour list: the split is on, its forces and stress are the
+    derivatives of its energy, and it agrees with the unsplit solver to the stated accuracy."""
+    from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
+
+    from equipot import EquipotCalculator
+
+    model = lr_model(method="pme", smearing=0.5, accuracy=1e-5)
+    assert model.long_range.mesh_smearing > 0.6  # r_max 3 Å: σ_k = 0.72 Å
+    rng = np.random.default_rng(11)
+    config = random_structure(rng, 8, cell=triclinic_cell(rng, length=5.0), symbols=SPECIES)
+    atoms = Atoms(numbers=config.numbers, positions=config.positions, cell=config.cell, pbc=True)
+    atoms.info["total_charge"] = 1.0
+    atoms.calc = EquipotCalculator(model, dtype="float64")
+    e_long = atoms.calc.get_property("energy_long_range", atoms)
+    assert abs(e_long) > 1e-3
+    forces, stress = atoms.get_forces(), atoms.get_stress()
+    np.testing.assert_allclose(forces, calculate_numerical_forces(atoms, eps=1e-4), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(stress, calculate_numerical_stress(atoms, eps=1e-5), rtol=0, atol=1e-7)
+    model.long_range.mesh_smearing = model.long_range.smearing  # the same model without the split
+    unsplit = EquipotCalculator(model, dtype="float64")
+    assert abs(unsplit.get_property("energy_long_range", atoms) - e_long) < 1e-5 * abs(e_long)
+    assert np.abs(unsplit.get_property("forces", atoms) - forces).max() < 1e-5 * np.abs(forces).max() + 1e-6
 
 
 def test_long_range_config():

@@ -64,7 +64,7 @@ def _build(config: ModelConfig, stats: Statistics) -> Potential:
     long_range = None
     if config.long_range is not None:
         lr = config.long_range
-        long_range = Electrostatics(lr.smearing, lr.method, lr.accuracy, lr.pme_min_atoms)
+        long_range = Electrostatics(lr.smearing, lr.method, lr.accuracy, lr.pme_min_atoms, pair_cutoff=config.r_max)
     return _potential(energy_model, species, outputs, long_range, config, stats)
 
 

@@ -84,7 +84,9 @@ class Potential(nn.Module):
                 graph.pbc.any(dim=1),
             )
         if self.long_range is not None:  # electrostatics of the learnt charges, part of the energy
-            e_long = self.long_range(extra[self.charges_name], pos, cell, graph.pbc, graph.node_graph, graph.n_graphs)
+            # the model's own pairs (within r_max) let PME run on a coarser mesh (range split)
+            pairs = (graph.edge_src, graph.edge_dst, vec)
+            e_long = self.long_range(extra[self.charges_name], pos, cell, graph.pbc, graph.node_graph, graph.n_graphs, pairs)
             e_long = e_long.to(torch.float64)
             energies = energies + e_long
             extra["energies_long_range"] = e_long
