@@ -113,6 +113,8 @@ def main() -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=5)
+    p.add_argument("--scheduler", default="plateau", choices=["plateau", "budget"],
+                   help="plateau: ×0.8 after 10 epochs without progress; budget: cosine to 0 over the budget")
     p.add_argument("--forces-weight", type=float, default=100.0, help="loss weight of the forces (energy per atom: 1)")
     p.add_argument("--variant", default=None)
     p.add_argument("--out", default=None, help="training output folder (default runs/<dataset>)")
@@ -129,6 +131,7 @@ def main() -> None:
         + ("" if args.message_lmax is None else f"-m{args.message_lmax}")
         + ("" if args.radial_hidden == [64, 64] else "-r" + "x".join(map(str, args.radial_hidden)))
         + ("" if args.n_train is None else f"-n{args.n_train}")
+        + ("" if args.scheduler == "plateau" else f"-{args.scheduler}")
     )
     n_train = spec["n_train"] if args.n_train is None else args.n_train
     out_dir = args.out or f"runs/{args.dataset}-{variant}"
@@ -143,7 +146,7 @@ def main() -> None:
         "model": model_cfg,
         "training": {"dtype": args.dtype, "threads": args.threads, "batch_size": args.batch_size,
                      "lr": args.lr, "max_epochs": 100000, "max_minutes": args.budget_minutes,
-                     "patience": 100000, "scheduler": "plateau", "lr_patience": 10, "lr_factor": 0.8,
+                     "patience": 100000, "scheduler": args.scheduler, "lr_patience": 10, "lr_factor": 0.8,
                      "ema_decay": 0.99, "loss": {"energy": 1.0, "forces": args.forces_weight}},
     }, "benchmark config")
     if not args.eval_only:

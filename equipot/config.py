@@ -97,7 +97,7 @@ class TrainingConfig:
     optimizer: str = "adam"  # "adam" or "adamw"
     lr: float = 0.01
     weight_decay: float = 0.0
-    scheduler: str = "plateau"  # "plateau", "cosine" or "none"
+    scheduler: str = "plateau"  # "plateau", "cosine" (over max_epochs), "budget" (cosine over max_minutes) or "none"
     lr_factor: float = 0.8
     lr_patience: int = 10
     ema_decay: Optional[float] = 0.99
@@ -268,7 +268,9 @@ def _validate(config: Config, source: str) -> None:
         (t.max_epochs >= 1, "training.max_epochs must be positive"),
         (t.dtype in ("float32", "float64"), "training.dtype must be 'float32' or 'float64'"),
         (t.optimizer in ("adam", "adamw"), "training.optimizer must be 'adam' or 'adamw'"),
-        (t.scheduler in ("plateau", "cosine", "none"), "training.scheduler must be plateau, cosine or none"),
+        (t.scheduler in ("plateau", "cosine", "budget", "none"), "training.scheduler must be plateau, cosine, budget or none"),
+        (t.scheduler != "budget" or t.max_minutes is not None,
+         "training.scheduler 'budget' decays the learning rate over training.max_minutes; set max_minutes"),
         (t.batch_size >= 1, "training.batch_size must be positive"),
         (t.lr > 0, "training.lr must be positive"),
         (0.0 < config.data.valid_fraction < 1.0 or config.data.valid, "data.valid_fraction must be in (0, 1)"),

@@ -154,6 +154,33 @@ def test_wall_clock_limit(io_config_dict):
     assert os.path.isfile(os.path.join(config.output_dir, CHECKPOINT))
 
 
+class TickingClock:
+    """time.time() that moves on by one second at every call: wall-clock rules run the same
+    way on any machine."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def time(self):
+        self.now += 1.0
+        return self.now
+
+
+def test_budget_schedule_decays_over_the_wall_clock_budget(io_config_dict, monkeypatch):
+    monkeypatch.setattr(loop_module, "time", TickingClock())
+    values = io_config_dict("budget", scheduler="budget", max_epochs=100, max_minutes=12 / 60, lr=0.01)
+    config, result = train(values)
+    assert result["stop_reason"] == "wall_clock" and 3 <= result["epochs"] < 12
+    lrs = [float(row["lr"]) for row in csv.DictReader(open(os.path.join(config.output_dir, "metrics.csv")))]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))  # cosine over the budget, step by step
+    assert lrs[0] > 0.7 * 0.01 and lrs[-1] < 0.2 * 0.01
+    # the budget covers every run of the training: resuming a finished one trains no further
+    config, again = train(values, resume=True)
+    assert again["epochs"] == result["epochs"]
+    with pytest.raises(ConfigError, match="max_minutes"):
+        config_from_dict(io_config_dict("budget2", scheduler="budget", max_minutes=None), "x")
+
+
 def test_seeded_validation_split(io_config_dict, io_small_xyz):
     def split(seed, fraction=0.25):
         values = io_config_dict("split")

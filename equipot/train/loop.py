@@ -98,7 +98,26 @@ class Trainer:
             return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, factor=t.lr_factor, patience=t.lr_patience)
         if t.scheduler == "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=t.max_epochs)
-        return None
+        return None  # "none", and "budget", which sets the rate itself at every step (_budget_lr)
+
+    def _budget_lr(self, step: int, steps: int) -> None:
+        """scheduler "budget": cosine decay from lr to 0 over the wall-clock budget max_minutes.
+
+        The fraction of the budget spent is the main process's clock at the start of the epoch
+        plus, step by step, the share of the epoch done at the pace of the previous epoch, so
+        every process sets the same rate without a message per step.
+        """
+        start, per_epoch = self._budget_pace
+        fraction = min(start + per_epoch * step / max(steps, 1), 1.0)
+        lr = 0.5 * self.config.training.lr * (1.0 + math.cos(math.pi * fraction))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _elapsed(self, start: float, before: float) -> float:
+        """Seconds of training so far (every run of this training, resumed ones included) by the
+        main process's clock, the same number on every process: stop decisions cannot differ."""
+        mine = before + time.time() - start if self.world.is_main else 0.0
+        return float(self.world.sum(torch.tensor([mine], dtype=torch.float64))[0])
 
     # --------------------------------------------------------------- state
     def _state(self) -> dict:
@@ -139,7 +158,10 @@ class Trainer:
         self.model.train()
         weights, total, n = self.config.training.loss, 0.0, 0
         parameters = [p for p in self.model.parameters() if p.requires_grad]
-        for graph in self.train_loader:
+        budget = self.config.training.scheduler == "budget"
+        for step, graph in enumerate(self.train_loader):
+            if budget:
+                self._budget_lr(step, len(self.train_loader))
             self.optimizer.zero_grad(set_to_none=True)
             if graph is None:  # no share of this batch: take part in the reductions with zeros
                 self._global_counts({})
@@ -210,7 +232,13 @@ class Trainer:
             with open(os.path.join(self.out, "config.yaml"), "w") as f:
                 yaml.safe_dump(self.config.to_dict(), f, sort_keys=False)
         stop_reason, last_plot = "max_epochs", -math.inf
+        budget_s = 60 * t.max_minutes if t.max_minutes is not None else math.inf
+        fraction = self._elapsed(start, elapsed_before) / budget_s
+        self._budget_pace = (fraction, 0.0)  # the first epoch's pace is not known yet
         while self.epoch < t.max_epochs:
+            if t.scheduler == "budget" and fraction >= 1.0:
+                stop_reason = "wall_clock"  # a resumed run whose budget was already spent
+                break
             bar = tqdm(total=len(self.train_loader), desc=f"epoch {self.epoch + 1}/{t.max_epochs}",
                        leave=False, disable=not self.progress)
             train_loss = self._train_epoch(bar)
@@ -240,7 +268,13 @@ class Trainer:
             if self.bad_epochs >= t.patience:
                 stop_reason = "early_stopping"
                 break
-            if t.max_minutes is not None and time.time() - start > 60 * t.max_minutes:
+            elapsed = self._elapsed(start, elapsed_before)
+            self._budget_pace = (elapsed / budget_s, elapsed / budget_s - fraction)
+            fraction = elapsed / budget_s
+            # the budget schedule spends max_minutes over all runs of the training (a resumed
+            # run finishes the same schedule); otherwise max_minutes limits this run
+            this_run = elapsed if t.scheduler == "budget" else elapsed - elapsed_before
+            if this_run > budget_s:
                 stop_reason = "wall_clock"
                 break
         if self.world.is_main:
