@@ -106,7 +106,7 @@ def run_point(dataset: str, name: str, n: int, args) -> dict:
         "model": {"r_max": 5.0, "num_layers": 2, "correlation": 3, **MODELS[name]["model"]},
         "training": {"dtype": "float32", "threads": args.threads, "batch_size": 5, "lr": 0.01,
                      "max_epochs": 100000, "max_minutes": minutes, "patience": args.patience or 100000,
-                     "scheduler": "plateau",
+                     "scheduler": args.scheduler,
                      "lr_patience": 10, "lr_factor": 0.8, "ema_decay": 0.99,
                      "loss": {"energy": 1.0, "forces": 100.0}, **MODELS[name].get("training", {})},
     }
@@ -123,7 +123,7 @@ def run_point(dataset: str, name: str, n: int, args) -> dict:
              "rotated_forces_rmse_std": float(rmses.std()), "rotated_forces_rmse_range": float(rmses.max() - rmses.min()),
              "n_rotations": args.rotations, "n_rotated_configs": len(configs), "threads": args.threads,
              "command": "python " + " ".join(["benchmarks/learning_curve.py"] + sys.argv[1:]),
-             "patience": args.patience}
+             "patience": args.patience, "scheduler": args.scheduler}
     tmp = record_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(point, indent=1))
     tmp.replace(record_path)
@@ -188,16 +188,19 @@ def report(dataset: str, args) -> None:
             records.append({"model": f"published:{peer}", "variant": "paper", "dataset": dataset, "split": split,
                             "metric": "forces_mae", "value": value, "unit": "meV/A", "n_train": n})
     threads = points[0]["threads"]
+    schedulers = sorted({p.get("scheduler", "plateau") for p in points})
     doc = doc_name(dataset)
     path = write_result(doc, threads, records,
                         extra={"budget": f"{args.minutes:g} min + {args.minutes_per_100:g} min per 100 structures",
-                               "patience": args.patience})
+                               "patience": args.patience, "scheduler": schedulers})
     sizes = sorted({p["n_train"] for p in points})
     md = [f"# Learning curves: {dataset}, force MAE on {split} (meV/Å)", "",
           f"Machine: {machine(threads)['cpu']}, {threads} thread(s) per run; float32 training; each point trained for "
           f"{args.minutes:g} min + {args.minutes_per_100:g} min per 100 structures of wall-clock at most, validation on "
           f"the same seeded structures for every point"
           + (f", early stopping after {args.patience} epochs without improvement" if args.patience else "")
+          + ", learning rate " + " / ".join({"plateau": "×0.8 on plateaus", "budget": "a cosine to 0 over the budget"}[x]
+                                            for x in schedulers)
           + f". Command: `python benchmarks/learning_curve.py {dataset} ...` "
           "(see the JSON). Slope: least-squares slope of log F MAE against log N.", "",
           "| model | " + " | ".join(f"N={n}" for n in sizes) + " | slope | spread over rotations (std, meV/Å) |",
@@ -262,6 +265,8 @@ def main() -> None:
                    help="measure the spread over rotations again for the points done, then report")
     p.add_argument("--patience", type=int, default=None,
                    help="stop a point after this many epochs without a better validation loss (default: never)")
+    p.add_argument("--scheduler", default="plateau", choices=["plateau", "budget"],
+                   help="learning rate: ×0.8 on plateaus, or a cosine to 0 over each point's budget")
     p.add_argument("--tag", default="", help="keep these points apart from others (another budget)")
     p.add_argument("--runs", default=None, help="folder of the points (default runs/learning_curve)")
     args = p.parse_args()
