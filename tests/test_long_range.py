@@ -127,18 +127,27 @@ def test_fft_sizes():
     assert [fft_size(n) for n in (1, 7, 11, 14, 97, 127, 129, 178)] == [1, 8, 12, 15, 100, 128, 135, 180]
 
 
-def test_mesh_pme_equals_torchpme_on_the_same_mesh():
-    """Our mesh choice around torch-pme's interpolation and k-space filter changes nothing else."""
+@pytest.mark.parametrize("nodes", [4, 5, 7])
+def test_mesh_pme_equals_torchpme_on_the_same_mesh(nodes):
+    """Our mesh choice and separable interpolation around torch-pme's weights and k-space
+    filter change nothing else: potentials and their gradients (forces) to rounding."""
     from torchpme import CoulombPotential, PMECalculator
     from torchpme.lib.kvectors import get_ns_mesh
 
     charges, positions, cell = random_cell(np.random.default_rng(3), n=30, length=9.0)
-    q, pos, c = (torch.as_tensor(x, dtype=torch.float64) for x in (charges[:, None], positions, cell))
+    q, c = (torch.as_tensor(x, dtype=torch.float64) for x in (charges[:, None], cell))
     empty = (torch.zeros((0, 2), dtype=torch.long), torch.zeros(0, dtype=torch.float64))
     potential = CoulombPotential(smearing=1.0)
-    theirs = PMECalculator(potential, mesh_spacing=0.7, interpolation_nodes=5)(q, c, pos, *empty)
-    ours = MeshPME(potential, lambda cell: get_ns_mesh(cell, 0.7), interpolation_nodes=5)(q, c, pos, *empty)
+    results = []
+    for solver in (PMECalculator(potential, mesh_spacing=0.7, interpolation_nodes=nodes),
+                   MeshPME(potential, lambda cell: get_ns_mesh(cell, 0.7), interpolation_nodes=nodes)):
+        pos = torch.as_tensor(positions, dtype=torch.float64).requires_grad_(True)
+        phi = solver(q, c, pos, *empty)
+        (grad,) = torch.autograd.grad((phi * q).sum(), pos)
+        results.append((phi.detach(), grad))
+    (theirs, f_theirs), (ours, f_ours) = results
     assert torch.allclose(ours, theirs, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(f_ours, f_theirs, rtol=1e-12, atol=1e-13)
 
 
 @pytest.mark.parametrize("accuracy", [1e-3, 1e-4, 1e-5])
