@@ -14,6 +14,7 @@ from equipot.config import ConfigError, LongRangeConfig, ModelConfig, config_fro
 from equipot.data import Configuration, Statistics, make_batch, neighbor_list, to_graph
 from equipot.electrostatics import Electrostatics, LongRangeError
 from equipot.electrostatics.coulomb import MeshPME, fft_size
+from torchpme import CoulombPotential
 from equipot.geometry import apply_strain, edge_vectors, symmetric_strain
 from equipot.model import build_model
 
@@ -127,11 +128,26 @@ def test_fft_sizes():
     assert [fft_size(n) for n in (1, 7, 11, 14, 97, 127, 129, 178)] == [1, 8, 12, 15, 100, 128, 135, 180]
 
 
+def test_metric_k_squared_equals_torchpme():
+    from torchpme.lib.kvectors import generate_kvectors_for_mesh
+
+    from equipot.electrostatics.coulomb import MetricKSpaceFilter
+
+    _, _, cell = random_cell(np.random.default_rng(5), n=2, length=7.0)
+    cell = torch.as_tensor(cell, dtype=torch.float64)
+    for mesh in ([8, 9, 10], [15, 16, 7]):
+        ns = torch.tensor(mesh)
+        k = generate_kvectors_for_mesh(cell, ns)
+        ours = MetricKSpaceFilter(cell, ns, kernel=CoulombPotential(smearing=1.0))._k_sq
+        assert ours.shape == k.shape[:3]
+        assert torch.allclose(ours, (k**2).sum(-1), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("nodes", [4, 5, 7])
 def test_mesh_pme_equals_torchpme_on_the_same_mesh(nodes):
-    """Our mesh choice and separable interpolation around torch-pme's weights and k-space
-    filter change nothing else: potentials and their gradients (forces) to rounding."""
-    from torchpme import CoulombPotential, PMECalculator
+    """Our mesh choice, |k|² and separable interpolation around torch-pme's weights and kernel
+    change nothing else: potentials and their gradients (forces, stress) to rounding."""
+    from torchpme import PMECalculator
     from torchpme.lib.kvectors import get_ns_mesh
 
     charges, positions, cell = random_cell(np.random.default_rng(3), n=30, length=9.0)
@@ -142,12 +158,14 @@ def test_mesh_pme_equals_torchpme_on_the_same_mesh(nodes):
     for solver in (PMECalculator(potential, mesh_spacing=0.7, interpolation_nodes=nodes),
                    MeshPME(potential, lambda cell: get_ns_mesh(cell, 0.7), interpolation_nodes=nodes)):
         pos = torch.as_tensor(positions, dtype=torch.float64).requires_grad_(True)
-        phi = solver(q, c, pos, *empty)
-        (grad,) = torch.autograd.grad((phi * q).sum(), pos)
-        results.append((phi.detach(), grad))
-    (theirs, f_theirs), (ours, f_ours) = results
+        box = c.clone().requires_grad_(True)
+        phi = solver(q, box, pos, *empty)
+        grads = torch.autograd.grad((phi * q).sum(), [pos, box])
+        results.append((phi.detach(), *grads))
+    (theirs, f_theirs, c_theirs), (ours, f_ours, c_ours) = results
     assert torch.allclose(ours, theirs, rtol=1e-12, atol=1e-14)
     assert torch.allclose(f_ours, f_theirs, rtol=1e-12, atol=1e-13)
+    assert torch.allclose(c_ours, c_theirs, rtol=1e-12, atol=1e-13)
 
 
 @pytest.mark.parametrize("accuracy", [1e-3, 1e-4, 1e-5])

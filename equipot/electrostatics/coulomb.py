@@ -45,6 +45,7 @@ from torch import nn
 
 from torchpme import CoulombPotential, EwaldCalculator, PMECalculator
 from torchpme.lib.kvectors import compute_batched_kvectors
+from torchpme.lib.kspace_filter import KSpaceFilter
 from torchpme.lib.mesh_interpolator import MeshInterpolator
 from torchpme.prefactors import eV_A
 
@@ -154,18 +155,51 @@ class SeparableInterpolator(MeshInterpolator):
         return (values * self.wx[None]).sum(-1).T
 
 
+class MetricKSpaceFilter(KSpaceFilter):
+    """torch-pme's k-space filter with |k|² built from the reciprocal metric.
+
+    torch-pme forms every k-vector of the mesh (nx × ny × (nz/2+1) × 3 numbers) and takes
+    their norms at each call (the cell, strained for the stress, changes every call). With
+    G = (2π)² B Bᵀ (B: the reciprocal basis) and the integer mesh frequencies n,
+    |k|² = nᵀ G n is a sum of broadcast products of 1-D and 2-D arrays: one mesh-sized array
+    instead of four. The kernel (torch-pme's ``kernel_from_k_sq``), FFTs and normalisations
+    are unchanged (tests/test_long_range.py compares |k|² and the potentials with torch-pme's).
+    """
+
+    def _prep_kvectors(self, cell: Optional[torch.Tensor], ns_mesh: Optional[torch.Tensor]) -> None:
+        if cell is not None:
+            self.cell = cell
+        if ns_mesh is not None:
+            self.ns_mesh = ns_mesh
+        if cell is None and ns_mesh is None:
+            return
+        reciprocal = torch.linalg.inv(self.cell).T  # rows b_a with a_i · b_j = δ_ij
+        metric = (2 * math.pi) ** 2 * reciprocal @ reciprocal.T
+        nx, ny, nz = (int(v) for v in self.ns_mesh)
+        kw = {"dtype": self.cell.dtype, "device": self.cell.device}
+        fx = torch.fft.fftfreq(nx, **kw) * nx  # integer frequencies, as torch-pme orders them
+        fy = torch.fft.fftfreq(ny, **kw) * ny
+        fz = torch.fft.rfftfreq(nz, **kw) * nz
+        plane = (metric[0, 0] * fx[:, None] ** 2 + 2 * metric[0, 1] * fx[:, None] * fy[None, :]
+                 + metric[1, 1] * fy[None, :] ** 2)  # (nx, ny)
+        slope = 2 * metric[0, 2] * fx[:, None] + 2 * metric[1, 2] * fy[None, :]  # (nx, ny)
+        self._k_sq = plane[:, :, None] + slope[:, :, None] * fz + metric[2, 2] * fz**2
+
+
 class MeshPME(PMECalculator):
     """torch-pme's particle-mesh Ewald with the mesh size chosen by ``points(cell)``.
 
     torch-pme's ``PMECalculator`` fixes the mesh as the next power of two above
-    2 × length / mesh_spacing; the k-space filter, self and background terms and the
-    interpolation weights are torch-pme's own, the interpolation is assembled by
-    :class:`SeparableInterpolator`.
+    2 × length / mesh_spacing; the kernel, FFTs, self and background terms and the
+    interpolation weights are torch-pme's own; |k|² comes from :class:`MetricKSpaceFilter` and
+    the interpolation is assembled by :class:`SeparableInterpolator`.
     """
 
     def __init__(self, potential, points: Callable[[torch.Tensor], torch.Tensor], interpolation_nodes: int = 7):
         super().__init__(potential, mesh_spacing=1.0, interpolation_nodes=interpolation_nodes)
         self.points = points
+        self.kspace_filter = MetricKSpaceFilter(
+            self.kspace_filter.cell, self.kspace_filter.ns_mesh, kernel=self.potential, fft_norm="backward", ifft_norm="forward")
         self.mesh_interpolator = SeparableInterpolator(
             self.mesh_interpolator.cell, self.mesh_interpolator.ns_mesh, interpolation_nodes, "Lagrange")
 
