@@ -120,7 +120,9 @@ def main() -> None:
     p.add_argument("--out", default=None, help="training output folder (default runs/<dataset>)")
     p.add_argument("--eval-only", action="store_true", help="evaluate the model already trained in --out")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out for another --budget-minutes (long runs over several sessions)")
+                   help="continue the run in --out for another --budget-minutes (long runs over several sessions); "
+                        "with --scheduler budget, --budget-minutes is the budget of the whole run and a resumed "
+                        "run finishes what is left of it")
     args = p.parse_args()
     # the record names the training command; --eval-only re-evaluates that same run
     sys.argv = [x for x in sys.argv if x not in ("--eval-only", "--resume")]

@@ -96,7 +96,11 @@ def run_point(dataset: str, name: str, n: int, args) -> dict:
     spec, out = DATASETS[dataset], point_dir(dataset)
     record_path = out / f"{name}-n{n}.json"
     if record_path.exists():
-        return json.loads(record_path.read_text())
+        point = json.loads(record_path.read_text())
+        if point.get("scheduler", "plateau") != args.scheduler:
+            raise SystemExit(f"{record_path} was trained with the {point.get('scheduler', 'plateau')} schedule, "
+                             f"not {args.scheduler}: keep the two sets apart with --tag")
+        return point
     minutes = budget_minutes(n, args)
     values = {
         "output_dir": str(out / f"{name}-n{n}"), "seed": 1234,

@@ -93,7 +93,7 @@ class TrainingConfig:
     batch_size: int = 5
     valid_batch_size: int = 20
     max_epochs: int = 100
-    max_minutes: Optional[float] = None  # wall-clock limit of this run
+    max_minutes: Optional[float] = None  # wall-clock limit of this run (scheduler budget: of all runs together)
     optimizer: str = "adam"  # "adam" or "adamw"
     lr: float = 0.01
     weight_decay: float = 0.0
@@ -269,6 +269,7 @@ def _validate(config: Config, source: str) -> None:
         (t.dtype in ("float32", "float64"), "training.dtype must be 'float32' or 'float64'"),
         (t.optimizer in ("adam", "adamw"), "training.optimizer must be 'adam' or 'adamw'"),
         (t.scheduler in ("plateau", "cosine", "budget", "none"), "training.scheduler must be plateau, cosine, budget or none"),
+        (t.max_minutes is None or t.max_minutes > 0, "training.max_minutes must be positive, or null for no limit"),
         (t.scheduler != "budget" or t.max_minutes is not None,
          "training.scheduler 'budget' decays the learning rate over training.max_minutes; set max_minutes"),
         (t.batch_size >= 1, "training.batch_size must be positive"),

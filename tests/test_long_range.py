@@ -208,13 +208,24 @@ def test_range_split_is_exact_when_the_pairs_reach_far_enough():
     charges = charges + 0.05
     e0, f0, w0 = energy(Electrostatics(0.6, "ewald", accuracy=1e-10), charges, positions, cell)
     solver = Electrostatics(0.6, "pme", accuracy=1e-6)
-    solver.mesh_smearing = 1.2  # with pairs to 8 Å: erfc(8 / (√2 · 1.2)) ≈ 2e-10
+    solver.pair_cutoff, solver.mesh_smearing = 8.0, 1.2  # erfc(8 / (√2 · 1.2)) ≈ 2e-11
     solver.mesh_potential = type(solver.potential)(smearing=1.2, prefactor=solver.potential.prefactor)
     solver.pme_split = MeshPME(solver.mesh_potential, lambda c: torch.tensor([64, 64, 64]))  # h/σ_k ≈ 0.12
     e, f, w = energy(solver, charges, positions, cell, pair_cutoff=8.0)
     assert abs(e - e0) < 1e-8 * abs(e0)
     assert np.abs(f - f0).max() < 1e-6 * np.abs(f0).max()
     assert np.abs(w - w0).max() < 1e-6 * np.abs(w0).max()
+
+
+def test_range_split_energy_is_continuous_when_a_pair_crosses_the_cutoff():
+    solver = Electrostatics(1.0, "pme", accuracy=1e-4, pair_cutoff=5.0)
+    cell = np.eye(3) * 13.0
+    jump = 0.5 * K_E * abs(float(solver.potential.lr_from_dist(torch.tensor([5.0]))
+                                 - solver.mesh_potential.lr_from_dist(torch.tensor([5.0]))))
+    assert jump > 1e-5  # what an unshifted pair term would jump by (eV, unit charges)
+    energies = [energy(solver, [1.0, -1.0], [[1.0, 2.0, 3.0], [1.0 + r, 2.0, 3.0]], cell, pair_cutoff=5.0)[0]
+                for r in (5.0 - 1e-7, 5.0 + 1e-7)]
+    assert abs(energies[1] - energies[0]) < 1e-7
 
 
 def test_auto_picks_pme_for_large_cells_and_agrees_with_ewald():
@@ -331,8 +342,8 @@ def test_long_range_model_with_the_range_split():
 
     from equipot import EquipotCalculator
 
-    model = lr_model(method="pme", smearing=0.5, accuracy=1e-5)
-    assert model.long_range.mesh_smearing > 0.6  # r_max 3 Å: σ_k = 0.72 Å
+    model = lr_model(method="pme", smearing=0.4, accuracy=1e-5)
+    assert model.long_range.mesh_smearing > 0.6  # r_max 3 Å: σ_k = 0.62 Å
     rng = np.random.default_rng(11)
     config = random_structure(rng, 8, cell=triclinic_cell(rng, length=5.0), symbols=SPECIES)
     atoms = Atoms(numbers=config.numbers, positions=config.positions, cell=config.cell, pbc=True)
@@ -347,6 +358,30 @@ def test_long_range_model_with_the_range_split():
     unsplit = EquipotCalculator(model, dtype="float64")
     assert abs(unsplit.get_property("energy_long_range", atoms) - e_long) < 1e-5 * abs(e_long)
     assert np.abs(unsplit.get_property("forces", atoms) - forces).max() < 1e-5 * np.abs(forces).max() + 1e-6
+
+
+def test_range_split_model_trains_with_forces_in_the_loss():
+    """Training differentiates the forces again (double backward) through the split PME: the
+    gradient of a force loss with respect to a weight matches a finite difference."""
+    model = lr_model(method="pme", smearing=0.4, accuracy=1e-5)
+    assert model.long_range.mesh_smearing > model.long_range.smearing
+    rng = np.random.default_rng(12)
+    config = random_structure(rng, 6, cell=triclinic_cell(rng, length=5.0), symbols=SPECIES)
+    graph = to_graph(config, 3.0)
+    weight = model.outputs.charges.out.weight
+
+    def loss():
+        return (model(graph, training=True)["forces"] ** 2).sum()
+
+    (grad,) = torch.autograd.grad(loss(), weight)
+    eps, values = 1e-6, []
+    for step in (eps, -2 * eps, eps):
+        with torch.no_grad():
+            weight.view(-1)[0] += step
+        values.append(float(loss().detach()))
+    up, down = values[0], values[1]
+    assert abs(float(grad.view(-1)[0])) > 1e-6
+    assert float(grad.view(-1)[0]) == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-9)
 
 
 def test_long_range_config():

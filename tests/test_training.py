@@ -179,6 +179,8 @@ def test_budget_schedule_decays_over_the_wall_clock_budget(io_config_dict, monke
     assert again["epochs"] == result["epochs"]
     with pytest.raises(ConfigError, match="max_minutes"):
         config_from_dict(io_config_dict("budget2", scheduler="budget", max_minutes=None), "x")
+    with pytest.raises(ConfigError, match="max_minutes must be positive"):
+        config_from_dict(io_config_dict("budget3", max_minutes=0), "x")
 
 
 def test_seeded_validation_split(io_config_dict, io_small_xyz):

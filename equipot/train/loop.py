@@ -225,7 +225,7 @@ class Trainer:
         self._setup(resume, overwrite)
         t, start = self.config.training, time.time()
         # wall_s counts the training time of every run so far (a resumed run goes on from it);
-        # max_minutes limits this run
+        # max_minutes limits this run (with the budget schedule: all runs together)
         elapsed_before = float(self.history[-1]["wall_s"]) if self.history else 0.0
         if self.world.is_main:
             os.makedirs(self.out, exist_ok=True)
