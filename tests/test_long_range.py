@@ -124,6 +124,50 @@ def test_ewald_and_pme_agree_within_the_stated_accuracy():
     assert np.abs(w1 - w2).max() / np.abs(w1).max() < 1e-3
 
 
+def rattled_salt(seed=0):
+    """A 216-ion rattled, sheared rock-salt cell with partial charges ±0.8 e (a learnt model's range)."""
+    atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True).repeat((3, 3, 3))
+    rng = np.random.default_rng(seed)
+    atoms.positions += rng.normal(0, 0.15, atoms.positions.shape)
+    atoms.set_cell(atoms.cell[:] + rng.uniform(-0.2, 0.2, (3, 3)), scale_atoms=True)
+    charges = np.where(atoms.numbers == 11, 0.8, -0.8) + rng.normal(0, 0.05, len(atoms))
+    return charges - charges.mean(), atoms.positions, atoms.cell[:]
+
+
+def test_switching_solver_at_the_default_accuracy_changes_little():
+    """The promise to users: at the default accuracy, Ewald, PME and the range-split PME of a
+    model (and ``auto`` on either side of ``pme_min_atoms``) differ by < 0.1 meV/atom in energy
+    and < 1 meV/Å in forces."""
+    charges, positions, cell = rattled_salt()
+    n = len(charges)
+    runs = {
+        "ewald": energy(Electrostatics(1.0, "ewald"), charges, positions, cell),
+        "pme": energy(Electrostatics(1.0, "pme"), charges, positions, cell),
+        "split": energy(Electrostatics(1.0, "pme", pair_cutoff=5.0), charges, positions, cell, pair_cutoff=5.0),
+        "auto-ewald": energy(Electrostatics(1.0, "auto", pme_min_atoms=n + 1, pair_cutoff=5.0), charges, positions,
+                             cell, pair_cutoff=5.0),
+        "auto-pme": energy(Electrostatics(1.0, "auto", pme_min_atoms=n, pair_cutoff=5.0), charges, positions, cell,
+                           pair_cutoff=5.0),
+    }
+    assert runs["auto-ewald"][0] == runs["ewald"][0] and runs["auto-pme"][0] == runs["split"][0]
+    e0, f0, w0 = runs["ewald"]
+    assert np.abs(f0).max() > 0.3  # forces of the size the limits are about
+    for name, (e, f, w) in runs.items():
+        assert abs(e - e0) / n < 1e-4, name  # eV/atom
+        assert np.abs(f - f0).max() < 1e-3, name  # eV/Å
+        assert np.abs(w - w0).max() < 1e-3 * np.abs(w0).max(), name
+
+
+@pytest.mark.parametrize("accuracy", [1e-3, 1e-4, 1e-5])
+def test_ewald_meets_the_stated_accuracy(accuracy):
+    charges, positions, cell = random_cell(np.random.default_rng(5), n=50, length=10.0)
+    e0, f0, w0 = energy(Electrostatics(1.0, "ewald", accuracy=1e-10), charges, positions, cell)
+    e, f, w = energy(Electrostatics(1.0, "ewald", accuracy=accuracy), charges, positions, cell)
+    assert np.sqrt(((f - f0) ** 2).mean() / (f0**2).mean()) < accuracy
+    assert abs(e - e0) < accuracy * abs(e0)
+    assert np.abs(w - w0).max() < accuracy * np.abs(w0).max()
+
+
 def test_fft_sizes():
     assert [fft_size(n) for n in (1, 7, 11, 14, 97, 127, 129, 178)] == [1, 8, 12, 15, 100, 128, 135, 180]
 
@@ -253,6 +297,37 @@ def test_batched_mixed_open_and_periodic_equals_one_by_one():
                       torch.as_tensor(np.stack([s[2] for s in structures])),
                       torch.tensor([[s[3]] * 3 for s in structures]), node_graph, 4)
     assert torch.allclose(together, torch.cat(alone), rtol=1e-12, atol=1e-12)
+
+
+def test_batched_mixed_batch_with_pme_and_the_range_split_equals_one_by_one():
+    """Open molecules, small cells (Ewald, padded k-vectors of different sizes) and large cells
+    (range-split PME, pairs given) in one batch: each structure as if alone."""
+    rng = np.random.default_rng(13)
+    solver = Electrostatics(0.8, "auto", pme_min_atoms=30, pair_cutoff=4.0)
+    structures = []
+    for n, length in ((5, None), (8, 5.0), (40, 11.0), (3, None), (12, 15.0), (35, 9.0)):
+        q = rng.normal(size=n)
+        cell = np.eye(3) * length + rng.uniform(-0.5, 0.5, (3, 3)) if length else np.zeros((3, 3))
+        structures.append((q, rng.uniform(0, length or 6.0, (n, 3)), cell, length is not None))
+
+    def pairs_of(positions, cell, pbc, offset):
+        src, dst, shift = neighbor_list(positions, cell, np.full(3, pbc), 4.0)
+        vec = positions[dst] - positions[src] + shift @ cell
+        return torch.as_tensor(src + offset), torch.as_tensor(dst + offset), torch.as_tensor(vec)
+
+    alone = [solver(torch.as_tensor(q), torch.as_tensor(p), torch.as_tensor(c)[None], torch.full((1, 3), per),
+                    torch.zeros(len(q), dtype=torch.long), 1, pairs_of(p, c, per, 0))
+             for q, p, c, per in structures]
+    counts = [len(s[0]) for s in structures]
+    offsets = np.cumsum([0] + counts[:-1])
+    parts = [pairs_of(p, c, per, o) for (q, p, c, per), o in zip(structures, offsets)]
+    pairs = tuple(torch.cat([part[k] for part in parts]) for k in range(3))
+    node_graph = torch.repeat_interleave(torch.arange(len(structures)), torch.tensor(counts))
+    together = solver(torch.as_tensor(np.concatenate([s[0] for s in structures])),
+                      torch.as_tensor(np.concatenate([s[1] for s in structures])),
+                      torch.as_tensor(np.stack([s[2] for s in structures])),
+                      torch.tensor([[s[3]] * 3 for s in structures]), node_graph, len(structures), pairs)
+    assert torch.allclose(together, torch.cat(alone), rtol=1e-10, atol=1e-12)
 
 
 def test_direct_sum_closed_form():
@@ -408,3 +483,53 @@ def test_long_range_model_file_round_trip(tmp_path):
     a, b = model(graph), again(graph)
     for key in ("energy", "forces", "stress", "charges", "energy_long_range"):
         assert torch.allclose(a[key], b[key], rtol=1e-12, atol=1e-12), key
+
+
+def test_long_range_model_through_train_eval_calculator_and_md(tmp_path, io_config_dict, capsys):
+    """A user's path with a long-range model: train (latent charges plus a dipole loss) from the
+    CLI, eval (charges, the short/long split), the calculator's total charge, MD."""
+    import yaml
+
+    from equipot import EquipotCalculator
+    from equipot.cli import main
+    from equipot.train import MODEL
+
+    source = SHARED_DATA / "xtb" / "dimers_lr" / "train.xyz"
+    if not source.exists():
+        pytest.skip("../shared/data/xtb/dimers_lr is not there")
+    frames = ase.io.read(str(source), index=":16")
+    data = tmp_path / "dimers.xyz"
+    ase.io.write(str(data), frames, format="extxyz")
+    values = io_config_dict("lr", max_epochs=2)
+    values["data"]["train"] = str(data)
+    values["data"]["keys"]["dipole"] = "dipole"
+    values["model"].update({"outputs": {"dipole": "dipole"}, "long_range": {"smearing": 1.0}})
+    values["training"]["loss"] = {"energy": 1.0, "forces": 10.0, "outputs": {"dipole": 1.0}}
+    config = tmp_path / "lr.yaml"
+    config.write_text(yaml.safe_dump(values))
+    assert main(["train", str(config), "--quiet"]) == 0
+    assert "valid_dipole_mae" in (tmp_path / "lr" / "metrics.csv").read_text().splitlines()[0]
+    model = str(tmp_path / "lr" / MODEL)
+    capsys.readouterr()
+
+    assert main(["eval", model, str(data), "--out", str(tmp_path / "eval"), "--json", str(tmp_path / "e.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "short range" in printed and "long range (electrostatic)" in printed and "dipole" in printed
+    predicted = ase.io.read(str(tmp_path / "eval" / "dimers_predictions.xyz"), ":")
+    for atoms, reference in zip(predicted, frames):
+        predicted_energy = atoms.get_potential_energy()  # the predictions ride as the frame's results
+        assert predicted_energy != pytest.approx(reference.get_potential_energy(), abs=1e-6)
+        assert atoms.info["pred_energy_long_range"] + atoms.info["pred_energy_short_range"] == pytest.approx(
+            predicted_energy, abs=1e-9)
+        assert abs(atoms.arrays["pred_charges"].sum() - reference.info["total_charge"]) < 1e-4  # float32
+
+    atoms = frames[0].copy()
+    atoms.info["total_charge"] = -1
+    atoms.calc = EquipotCalculator(model, dtype="float64", total_charge=1.0)  # the argument wins over atoms.info
+    assert abs(atoms.get_charges().sum() - 1.0) < 1e-10
+    assert np.isfinite(atoms.calc.results["energy_long_range"])
+
+    assert main(["md", model, str(data), "--steps", "6", "--interval", "3", "--dtype", "float64",
+                 "--total-charge", "0", "--out", str(tmp_path / "md"), "--threads", "1"]) == 0
+    assert "NVE energy drift" in capsys.readouterr().out
+    assert len(ase.io.read(str(tmp_path / "md" / "md.xyz"), ":")) == 3

@@ -297,31 +297,34 @@ class Electrostatics(nn.Module):
     # ----------------------------------------------------------------- solvers
     def _direct(self, charges, positions, node_graph, counts, graphs) -> torch.Tensor:
         """φ_i/2 = ½ Σ_{j≠i} q_j v(r_ij) over the atoms of each open structure."""
-        starts = torch.cumsum(counts, 0) - counts
-        src, dst = [], []
-        for g in graphs.tolist():
-            n, s = int(counts[g]), int(starts[g])
-            i, j = torch.triu_indices(n, n, offset=1, device=charges.device)
-            src.append(i + s)
-            dst.append(j + s)
-        i, j = torch.cat(src), torch.cat(dst)
         out = torch.zeros_like(charges)
-        if len(i) == 0:
+        index, mask = self._padded_index(counts, graphs)
+        n_max = index.shape[1]
+        if n_max < 2:
             return out
+        a, b = torch.triu_indices(n_max, n_max, offset=1, device=charges.device)  # every pair i < j
+        valid = mask[:, a] & mask[:, b]
+        i, j = index[:, a][valid], index[:, b][valid]
         r = torch.linalg.norm(positions[j] - positions[i], dim=-1)
         v = self.potential.lr_from_dist(r)
         out = out.index_add(0, i, 0.5 * v * charges[j])
         return out.index_add(0, j, 0.5 * v * charges[i])
 
+    @staticmethod
+    def _padded_index(counts, graphs) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(B, n_max) atom indices of the chosen structures (atoms are contiguous per structure)
+        and the mask of the real ones; padding points at atom 0."""
+        graphs = torch.as_tensor(graphs, dtype=torch.long, device=counts.device)
+        starts = (torch.cumsum(counts, 0) - counts)[graphs]
+        n = counts[graphs]
+        slots = torch.arange(int(n.max()) if len(n) else 0, device=counts.device)
+        mask = slots[None, :] < n[:, None]
+        return torch.where(mask, starts[:, None] + slots[None, :], 0), mask
+
     def _pad(self, values, counts, graphs) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, n_max, ...) padded values of the chosen structures, the mask and the atom index."""
-        starts = torch.cumsum(counts, 0) - counts
-        n_max = int(counts[graphs].max())
-        index = torch.full((len(graphs), n_max), -1, dtype=torch.long, device=values.device)
-        for b, g in enumerate(graphs):
-            index[b, : int(counts[g])] = torch.arange(int(starts[g]), int(starts[g] + counts[g]), device=values.device)
-        mask = index >= 0
-        padded = values[index.clamp(min=0)] * mask.reshape(mask.shape + (1,) * (values.dim() - 1))
+        index, mask = self._padded_index(counts, graphs)
+        padded = values[index] * mask.reshape(mask.shape + (1,) * (values.dim() - 1))
         return padded, mask, index
 
     def _ewald(self, charges, positions, cell, node_graph, counts, graphs) -> torch.Tensor:
