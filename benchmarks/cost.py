@@ -63,11 +63,7 @@ def time_models(kind: str, threads: int, sizes, repeats: int):
 
 
 def time_pme(threads: int, sizes, repeats: int):
-    import matplotlib
     import torch
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     from equipot.electrostatics import Electrostatics
 
@@ -109,6 +105,26 @@ def time_pme(threads: int, sizes, repeats: int):
                             "dtype": "float32", "n_atoms": n, "metric": "latency", "value": round(ms, 2), "unit": "ms"})
             print(f"{method} {n:7d} {ms:10.1f} ms", flush=True)
     write_result("cost-pme", threads, records)
+    pme_docs(rows, threads)
+
+
+def growth_exponent(rows, method: str):
+    """Least-squares a in t ∝ N^a over the sizes, and the same for N log N's own values (what a
+    solver growing exactly as N log N would show over the same sizes)."""
+    xs = np.array([n for m, n, _ in rows if m == method], dtype=float)
+    ys = np.array([t for m, _, t in rows if m == method])
+    if len(xs) < 2:
+        return None, None
+    return float(np.polyfit(np.log(xs), np.log(ys), 1)[0]), float(np.polyfit(np.log(xs), np.log(xs * np.log(xs)), 1)[0])
+
+
+def pme_docs(rows, threads: int) -> None:
+    """Plot and table of the PME timings (rows: solver, charges, ms)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for method, marker in (("pme", "o"), ("pme, range split", "^"), ("ewald", "s")):
         xs = np.array([n for m, n, _ in rows if m == method])
@@ -127,9 +143,25 @@ def time_pme(threads: int, sizes, repeats: int):
     md = ["# torch-pme time against system size", "", f"Machine: {machine(threads)['cpu']}, {threads} thread(s), float32; "
           "random neutral charges at 0.1 per Å³, smearing 1 Å, accuracy 1e-4 (equipot's defaults); energy + forces; "
           "'range split': PME of σ_k with the pairs within 5 Å given, as a model passes its neighbour list. "
-          f"Command: `python benchmarks/cost.py pme --threads {threads}`", "", "| solver | charges | ms |", "|---|---|---|"]
-    md += [f"| {m} | {n} | {t:.1f} |" for m, n, t in rows] + ["", "![PME scaling](cost-pme.png)"]
+          f"Command: `python benchmarks/cost.py pme --threads {threads}`", "", "| solver | charges | ms | µs per charge |",
+          "|---|---|---|---|"]
+    md += [f"| {m} | {n} | {t:.1f} | {1000 * t / n:.1f} |" for m, n, t in rows]
+    md += [""]
+    for method in ("pme", "pme, range split"):
+        a, a_ref = growth_exponent(rows, method)
+        if a is not None:
+            md.append(f"- {method}: time grows as N^{a:.2f} over these sizes (least squares on log–log); an exactly "
+                      f"N log N cost would give N^{a_ref:.2f} over the same sizes.")
+    md += ["", "![PME scaling](cost-pme.png)"]
     (DOCS / "cost-pme.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+def pme_report() -> None:
+    """The table and plot again from docs/benchmarks/cost-pme.json (no timing)."""
+    result = json.loads((DOCS / "cost-pme.json").read_text())
+    rows = [(r["model"].removeprefix("torch-pme "), r["n_atoms"], r["value"]) for r in result["records"]]
+    pme_docs(rows, result["machine"]["threads"])
 
 
 def main() -> None:
@@ -138,8 +170,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--sizes", type=int, nargs="+")
+    p.add_argument("--report", action="store_true", help="pme: rebuild the table and plot from the JSON, no timing")
     args = p.parse_args()
-    if args.kind == "pme":
+    if args.kind == "pme" and args.report:
+        pme_report()
+    elif args.kind == "pme":
         time_pme(args.threads, args.sizes or [1000, 3000, 10000, 30000, 100000], args.repeats)
     else:
         default = [960] if args.kind == "heads" else [960, 7680]
