@@ -210,6 +210,14 @@ def compare(args):
             continue
         lines.append(f"\n{v}: {meta['epochs']} epochs in {meta['train_wall_s'] / 60:.1f} min, {meta['n_params']} parameters.")
     lines += ["", f"![binned errors](long_range-{args.set}{tag}.png)", "", f"![binding curves](long_range-{args.set}{tag}-curves.png)"]
+    if args.set == "dimers":
+        scan_curves(tag)
+        if (DOCS / f"long_range-dimers{tag}-scans.png").exists():
+            lines += ["", "Binding curves: each model on a rigid scan of the relaxed fragments (fragment B moved away "
+                      "from A along x; E(∞) from the two fragments alone, each with its own charge), with the xTB test "
+                      "structures of the same pair at their random orientations (E − E_A − E_B with the relaxed "
+                      "fragments' energies, so the molecular pairs also carry their small deformation energies; "
+                      "chloride + chloride has none):", "", f"![scans](long_range-dimers{tag}-scans.png)"]
     (DOCS / f"long_range-{args.set}{tag}.md").write_text("\n".join(lines) + "\n")
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -264,6 +272,75 @@ def compare(args):
     fig.savefig(DOCS / f"long_range-{args.set}{tag}-curves.png", dpi=110)
     plt.close(fig)
     print("\n".join(lines))
+
+
+SCAN_PAIRS = ("chloride+chloride", "chloride+tetramethylammonium", "chloride+water", "water+water")
+
+
+def scan_curves(tag: str) -> None:
+    """Binding curves E(d) − E(∞) of the dimers set: each model on a rigid scan of the relaxed
+    fragments (fragments.xyz), B moved along x away from A, against the xTB test structures of
+    the same pair, E − E_A − E_B with the relaxed fragments' energies. Writes
+    long_range-dimers{tag}-scans.{png,json}."""
+    import ase.io
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from equipot.data import Configuration
+    from equipot.model import load_model
+
+    models = {v: REPO / "runs" / f"long_range-dimers-{v}{tag}" / "model.safetensors" for v in ("local", "long-range")}
+    if not all(m.exists() for m in models.values()):
+        print(f"no scans: the trained models of tag {tag!r} are not in runs/")
+        return
+    fragments = {a.info["fragment"]: a for a in ase.io.read(str(DATA / "xtb/dimers_lr/fragments.xyz"), ":")}
+    tests = ase.io.read(str(DATA / SETS["dimers"]["test"]), ":")
+    separations = np.linspace(3.0, 18.0, 61)
+
+    def config(atoms, charge):
+        return Configuration(numbers=atoms.numbers, positions=atoms.positions, cell=np.zeros((3, 3)),
+                             pbc=np.zeros(3, bool), source="scan", total_charge=float(charge))
+
+    fig, axes = plt.subplots(1, len(SCAN_PAIRS), figsize=(3.6 * len(SCAN_PAIRS), 3.3), squeeze=False)
+    records = []
+    for ax, pair in zip(axes.flat, SCAN_PAIRS):
+        name_a, name_b = pair.split("+")
+        e_a, e_b = fragments[name_a].get_potential_energy(), fragments[name_b].get_potential_energy()
+        a, b = fragments[name_a].copy(), fragments[name_b].copy()
+        qa, qb = a.info["total_charge"], b.info["total_charge"]
+        a.positions -= a.get_center_of_mass()
+        b.positions -= b.get_center_of_mass()
+        points = [t for t in tests if t.info["pair"] == pair]
+        x = np.array([t.info["separation"] for t in points])
+        ref = np.array([t.get_potential_energy() - e_a - e_b for t in points])
+        ax.plot(x, ref, "k.", ms=4, label="xTB test structures")
+        for (v, path), style in zip(models.items(), ("C0-", "C1-")):
+            model = load_model(str(path), dtype=torch.float64)
+            ok, dimers = [], []
+            for d in separations:
+                both = a + b.copy()
+                both.positions[len(a):] += [d, 0.0, 0.0]
+                if np.min(both.get_all_distances()[: len(a), len(a):]) > 1.5:
+                    ok.append(d)
+                    dimers.append(config(both, qa + qb))
+            alone = predict(model, [config(a, qa), config(b, qb)])
+            e_inf = alone[0]["energy"] + alone[1]["energy"]
+            curve = np.array([p["energy"] for p in predict(model, dimers)]) - e_inf
+            ax.plot(ok, curve, style, label=v)
+            records += [{"model": "equipot", "variant": f"{v}{tag}", "dataset": "dimers_lr", "split": f"{pair} scan {d:.2f} A",
+                         "metric": "binding_energy", "value": round(float(e) * 1000, 3), "unit": "meV"}
+                        for d, e in zip(ok, curve)]
+        ax.set_title(f"{pair} ({qa:+d}, {qb:+d})", fontsize=9)
+        ax.set_xlabel("separation (Å)")
+        ax.set_ylabel("E − E_A − E_B (eV)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(DOCS / f"long_range-dimers{tag}-scans.png", dpi=110)
+    plt.close(fig)
+    write_result(f"long_range-dimers{tag}-scans", 1, records)
+    print(f"wrote long_range-dimers{tag}-scans.png")
 
 
 def main() -> None:

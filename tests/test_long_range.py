@@ -1,6 +1,7 @@
 """Long-range electrostatics (issue 4): solvers against closed forms, each other and references;
 the long-range model's derivatives, charge constraint and symmetry. float64 throughout."""
 
+import json
 from pathlib import Path
 
 import ase.io
@@ -533,3 +534,25 @@ def test_long_range_model_through_train_eval_calculator_and_md(tmp_path, io_conf
                  "--total-charge", "0", "--out", str(tmp_path / "md"), "--threads", "1"]) == 0
     assert "NVE energy drift" in capsys.readouterr().out
     assert len(ase.io.read(str(tmp_path / "md" / "md.xyz"), ":")) == 3
+
+
+def test_format_2_long_range_model_file_loads(tmp_path):
+    """Format 2 files held every buffer, those of the solver's shared potential under each of
+    its names (ewald.potential, pme.potential, ...): they are constants and still load."""
+    from safetensors.torch import load_file, save_file
+
+    from equipot.model import load_model, save_model
+
+    model = lr_model(seed=4)
+    path = str(tmp_path / "lr.safetensors")
+    save_model(path, model, model.model_config, model.statistics)
+    with open(path, "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    metadata = {**header["__metadata__"], "format_version": "2"}
+    old = {k: v.contiguous() for k, v in model.state_dict(keep_vars=False).items()}
+    assert "long_range.ewald.potential.smearing" in old and "long_range.pme.potential.smearing" in old
+    save_file({k: v.clone() for k, v in old.items()}, str(tmp_path / "v2.safetensors"), metadata=metadata)
+    again = load_model(str(tmp_path / "v2.safetensors"), dtype=torch.float64)
+    for name, value in model.named_parameters():
+        assert torch.equal(dict(again.named_parameters())[name], value)
+    assert set(load_file(path)) == {name for name, _ in model.named_parameters()}

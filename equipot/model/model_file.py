@@ -92,7 +92,7 @@ def load_model(path: str, dtype: Optional[torch.dtype] = None, device: str = "cp
         raise ModelFileError(f"{path}: damaged metadata ({type(err).__name__}: {err})") from None
     parameters = dict(model.named_parameters())
     if int(metadata["format_version"]) == 2:  # parameters, and constants that are rebuilt instead
-        buffers = dict(model.named_buffers())
+        buffers = dict(model.named_buffers(remove_duplicate=False))  # shared modules under every name
         tensors = {k: v for k, v in tensors.items() if k in parameters or not _constant(k, v, buffers)}
     missing = sorted(set(parameters) - set(tensors))
     unexpected = sorted(set(tensors) - set(parameters))
