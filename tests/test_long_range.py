@@ -136,8 +136,8 @@ def rattled_salt(seed=0):
 
 
 def test_switching_solver_at_the_default_accuracy_changes_little():
-    """The promise to users: at the default accuracy, Ewald, PME and the range-split PME of a
-    model (and ``auto`` on either side of ``pme_min_atoms``) differ by < 0.1 meV/atom in energy
+    """The promise to users: at the default accuracy, Ewald, PME and the range-split Ewald and
+    PME of a model (and ``auto`` on either side of ``pme_min_atoms``) differ by < 0.1 meV/atom in energy
     and < 1 meV/Å in forces."""
     charges, positions, cell = rattled_salt()
     n = len(charges)
@@ -145,12 +145,13 @@ def test_switching_solver_at_the_default_accuracy_changes_little():
         "ewald": energy(Electrostatics(1.0, "ewald"), charges, positions, cell),
         "pme": energy(Electrostatics(1.0, "pme"), charges, positions, cell),
         "split": energy(Electrostatics(1.0, "pme", pair_cutoff=5.0), charges, positions, cell, pair_cutoff=5.0),
+        "ewald-split": energy(Electrostatics(1.0, "ewald", pair_cutoff=5.0), charges, positions, cell, pair_cutoff=5.0),
         "auto-ewald": energy(Electrostatics(1.0, "auto", pme_min_atoms=n + 1, pair_cutoff=5.0), charges, positions,
                              cell, pair_cutoff=5.0),
         "auto-pme": energy(Electrostatics(1.0, "auto", pme_min_atoms=n, pair_cutoff=5.0), charges, positions, cell,
                            pair_cutoff=5.0),
     }
-    assert runs["auto-ewald"][0] == runs["ewald"][0] and runs["auto-pme"][0] == runs["split"][0]
+    assert runs["auto-ewald"][0] == runs["ewald-split"][0] and runs["auto-pme"][0] == runs["split"][0]
     e0, f0, w0 = runs["ewald"]
     assert np.abs(f0).max() > 0.3  # forces of the size the limits are about
     for name, (e, f, w) in runs.items():
@@ -167,6 +168,52 @@ def test_ewald_meets_the_stated_accuracy(accuracy):
     assert np.sqrt(((f - f0) ** 2).mean() / (f0**2).mean()) < accuracy
     assert abs(e - e0) < accuracy * abs(e0)
     assert np.abs(w - w0).max() < accuracy * np.abs(w0).max()
+
+
+def test_batched_ewald_equals_torchpme_ewald():
+    """Our batched reciprocal sum (half ball of k) against torch-pme's EwaldCalculator (its box
+    of ±k), structure by structure: triclinic cells of different sizes, charged ones included,
+    potentials and their gradients with respect to positions and cell."""
+    rng = np.random.default_rng(21)
+    solver = Electrostatics(0.9, "ewald", accuracy=1e-9)
+    structures = []
+    for n, length, total in ((6, 5.0, 0.0), (20, 8.0, 1.0), (11, 6.5, -2.0)):
+        q = rng.normal(size=n)
+        q += (total - q.sum()) / n
+        cell = np.eye(3) * length + rng.uniform(-0.8, 0.8, (3, 3))
+        structures.append((torch.tensor(q), torch.tensor(rng.uniform(0, length, (n, 3)), requires_grad=True),
+                           torch.tensor(cell, requires_grad=True)))
+    node_graph = torch.repeat_interleave(torch.arange(3), torch.tensor([len(s[0]) for s in structures]))
+    charges = torch.cat([s[0] for s in structures])
+    ours = solver(charges, torch.cat([s[1] for s in structures]), torch.stack([s[2] for s in structures]),
+                  torch.ones(3, 3, dtype=torch.bool), node_graph, 3)
+    weights = torch.tensor(rng.normal(size=len(charges)))
+    grads = torch.autograd.grad((ours * weights).sum(), [t for s in structures for t in s[1:]])
+    empty_idx, empty_dist = torch.zeros((0, 2), dtype=torch.long), torch.zeros(0)
+    start = 0
+    for b, (q, pos, cell) in enumerate(structures):
+        phi = solver.ewald(q[:, None], cell, pos, empty_idx, empty_dist)[:, 0]
+        theirs = q * phi
+        part = slice(start, start + len(q))
+        assert torch.allclose(ours[part], theirs, rtol=1e-9, atol=1e-10)
+        g_pos, g_cell = torch.autograd.grad((theirs * weights[part]).sum(), [pos, cell])
+        assert torch.allclose(grads[2 * b], g_pos, rtol=1e-8, atol=1e-9)
+        assert torch.allclose(grads[2 * b + 1], g_cell, rtol=1e-8, atol=1e-9)
+        start += len(q)
+
+
+def test_batched_ewald_double_backward():
+    """Forces in a loss differentiate once more, through positions, cell and charges."""
+    rng = np.random.default_rng(22)
+    solver = Electrostatics(1.0, "ewald", accuracy=1e-3)
+    cell0 = np.eye(3) * 4.0 + rng.uniform(-0.3, 0.3, (3, 3))
+    args = (torch.tensor(rng.normal(size=4), requires_grad=True), torch.tensor(rng.uniform(0, 4, (4, 3)), requires_grad=True),
+            torch.tensor(cell0[None], requires_grad=True))
+
+    def energy_of(q, pos, cell):
+        return solver(q, pos, cell, torch.ones(1, 3, dtype=torch.bool), torch.zeros(4, dtype=torch.long), 1).sum()
+
+    assert torch.autograd.gradgradcheck(energy_of, args)
 
 
 def test_fft_sizes():
@@ -228,19 +275,21 @@ def test_pme_meets_the_stated_accuracy(accuracy, smearing):
 @pytest.mark.parametrize("accuracy", [1e-3, 1e-4, 1e-5])
 @pytest.mark.parametrize("cutoff", [4.0, 6.0])
 @pytest.mark.parametrize("total_charge", [0.0, 5.0])
-def test_range_split_pme_meets_the_stated_accuracy(accuracy, cutoff, total_charge):
-    """PME on the coarser mesh of σ_k plus the pair sum within the cutoff, against converged Ewald."""
+@pytest.mark.parametrize("method", ["pme", "ewald"])
+def test_range_split_meets_the_stated_accuracy(accuracy, cutoff, total_charge, method):
+    """PME on the coarser mesh of σ_k (Ewald on fewer k-vectors) plus the pair sum within the
+    cutoff, against converged Ewald."""
     rng = np.random.default_rng(9)
     charges, positions, cell = random_cell(rng, n=100, length=10.0)  # 0.1 charges per Å³
     charges = charges + total_charge / len(charges)
-    split = Electrostatics(0.7, "pme", accuracy=accuracy, pair_cutoff=cutoff)
+    split = Electrostatics(0.7, method, accuracy=accuracy, pair_cutoff=cutoff)
     assert split.mesh_smearing > 1.1 * split.smearing  # the split is on, its mesh is coarser
     e0, f0, w0 = energy(Electrostatics(0.7, "ewald", accuracy=1e-10), charges, positions, cell)
     e, f, w = energy(split, charges, positions, cell, pair_cutoff=cutoff)
     assert np.sqrt(((f - f0) ** 2).mean() / (f0**2).mean()) < accuracy
     assert abs(e - e0) < accuracy * abs(e0)
     assert np.abs(w - w0).max() < accuracy * np.abs(w0).max()
-    # without the pairs the same solver falls back to the fine mesh of σ
+    # without the pairs the same solver falls back to σ (the fine mesh, more k-vectors)
     e1, f1, _ = energy(split, charges, positions, cell)
     assert np.sqrt(((f1 - f0) ** 2).mean() / (f0**2).mean()) < accuracy and abs(e1 - e0) < accuracy * abs(e0)
 
