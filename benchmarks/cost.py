@@ -3,6 +3,7 @@
     python benchmarks/cost.py heads --threads 1        # energy-only vs + dipole/charges vs + pseudoscalar
     python benchmarks/cost.py long-range --threads 1   # local vs long-range model, periodic boxes to 10^4 atoms
     python benchmarks/cost.py pme --threads 1          # torch-pme time vs N up to 10^5 charges
+    python benchmarks/cost.py train-step --threads 1   # training steps on small periodic ionic cells
 
 Untrained models of the same size (timing does not depend on the weights), energy + forces
 (+ the outputs) through the ASE calculator on the acac boxes of speed.py. Run on a quiet machine.
@@ -17,7 +18,7 @@ import time
 
 import numpy as np
 
-from common import DOCS, REPO, machine, untrained_model, write_result
+from common import DATA, DOCS, REPO, machine, untrained_model, write_result
 
 VARIANTS = {
     "heads": {
@@ -164,15 +165,107 @@ def pme_report() -> None:
     pme_docs(rows, result["machine"]["threads"])
 
 
+def time_train_step(threads: int, repeats: int) -> None:
+    """A training step (energy, forces and stress in the loss, backward) on batches of ten
+    30–32-atom ionic_pbc cells: the local model, the long-range model (Ewald below 150 atoms),
+    and the electrostatics alone (forward, forces, a force loss backward) with equipot's batched
+    Ewald sum and with torch-pme's EwaldCalculator vmapped over the cells (the former code)."""
+    import warnings
+
+    import torch
+
+    from equipot.config import LongRangeConfig, ModelConfig
+    from equipot.data import Statistics, make_batch, read_configurations
+    from equipot.electrostatics import Electrostatics
+    from equipot.geometry import edge_vectors
+    from equipot.model import build_model
+
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore")
+    path = DATA / "xtb/ionic_pbc/train.xyz"
+    configs = read_configurations(str(path), keys={"energy": "energy", "forces": "forces", "stress": "stress"})[:40]
+    batches = [make_batch(configs[i : i + 10], 5.0).to("cpu", torch.float32) for i in range(0, 40, 10)]
+    species = sorted({int(z) for c in configs for z in c.numbers})
+    stats = Statistics(species=species, e0={z: 0.0 for z in species}, energy_shift=0.0, energy_scale=1.0,
+                       avg_num_neighbors=30.0)
+
+    def median_ms(step):
+        for g in batches[:2]:
+            step(g)
+        times = []
+        for _ in range(repeats):
+            for g in batches:
+                t = time.perf_counter()
+                step(g)
+                times.append(time.perf_counter() - t)
+        return 1000 * float(np.median(times))
+
+    rows = []
+    for name, long_range in (("local model", None), ("long-range model", LongRangeConfig(smearing=1.0))):
+        torch.manual_seed(0)
+        config = ModelConfig(r_max=5.0, channels=32, lmax=1, parity="natural", correlation=3, num_layers=2,
+                             long_range=long_range)
+        model = build_model(config, stats).float()
+
+        def step(g, model=model):
+            out = model(g, training=True)
+            loss = (out["energy"] ** 2).mean() + (out["forces"] ** 2).mean() + (out["stress"] ** 2).mean()
+            loss.backward()
+
+        rows.append((name, median_ms(step)))
+
+    solver = Electrostatics(1.0, pair_cutoff=5.0).float()
+
+    def electrostatics(g, torchpme=False):
+        pos = g.positions.clone().requires_grad_(True)
+        q = torch.tanh(pos.sum(1))
+        if torchpme:  # the former code: torch-pme's calculator vmapped over the padded cells
+            from torchpme.lib.kvectors import compute_batched_kvectors
+
+            counts = torch.bincount(g.node_graph, minlength=g.n_graphs)
+            graphs = list(range(g.n_graphs))
+            qp, mask, index = solver._pad(q, counts, graphs)
+            pp, _, _ = solver._pad(pos, counts, graphs)
+            kvectors = compute_batched_kvectors(solver.wavelength, g.cell)
+            empty_idx = torch.zeros((g.n_graphs, 0, 2), dtype=torch.long)
+            empty_dist = torch.zeros((g.n_graphs, 0))
+            phi = torch.vmap(lambda q_, c, p, i, d, m, k: solver.ewald(q_[:, None], c, p, i, d, node_mask=m, kvectors=k))(
+                qp, g.cell, pp, empty_idx, empty_dist, mask, kvectors)[..., 0]
+            e = (qp * phi).sum()
+        else:
+            pairs = (g.edge_src, g.edge_dst, edge_vectors(pos, g.cell, g.node_graph, g.edge_src, g.edge_dst, g.edge_shift))
+            e = solver(q, pos, g.cell, g.pbc, g.node_graph, g.n_graphs, pairs).sum()
+        (forces,) = torch.autograd.grad(e, pos, create_graph=True)
+        (forces**2).sum().backward()
+
+    rows.append(("electrostatics alone, equipot's batched Ewald (range split)", median_ms(electrostatics)))
+    rows.append(("electrostatics alone, torch-pme's EwaldCalculator vmapped", median_ms(lambda g: electrostatics(g, True))))
+    records = [{"model": "equipot", "variant": name, "dataset": "ionic_pbc", "dtype": "float32", "n_atoms": 10 * 31,
+                "metric": "train_step_latency", "value": round(ms, 2), "unit": "ms"} for name, ms in rows]
+    write_result("cost-train-step", threads, records)
+    md = ["# Cost of a training step on small periodic ionic cells", "",
+          f"Machine: {machine(threads)['cpu']}, {threads} thread(s), float32; batches of ten 30–32-atom cells of "
+          "../shared/data/xtb/ionic_pbc; lmax 1, 32 channels, untrained; energy, forces and stress in the loss, "
+          f"then backward; median over {repeats} × 4 batches. Command: `python benchmarks/cost.py train-step "
+          f"--threads {threads} --repeats {repeats}`", "", "| what | ms per batch |", "|---|---|"]
+    md += [f"| {name} | {ms:.1f} |" for name, ms in rows]
+    md += ["", f"Long-range / local: {rows[1][1] / rows[0][1]:.2f}×; equipot's Ewald against torch-pme's vmapped "
+           f"calculator: {rows[3][1] / rows[2][1]:.1f}× faster."]
+    (DOCS / "cost-train-step.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("kind", choices=["heads", "long-range", "pme"])
+    p.add_argument("kind", choices=["heads", "long-range", "pme", "train-step"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--sizes", type=int, nargs="+")
     p.add_argument("--report", action="store_true", help="pme: rebuild the table and plot from the JSON, no timing")
     args = p.parse_args()
-    if args.kind == "pme" and args.report:
+    if args.kind == "train-step":
+        time_train_step(args.threads, args.repeats)
+    elif args.kind == "pme" and args.report:
         pme_report()
     elif args.kind == "pme":
         time_pme(args.threads, args.sizes or [1000, 3000, 10000, 30000, 100000], args.repeats)
