@@ -42,9 +42,9 @@ cell. Its gradients go back into each rank's own autograd pass: ∂E/∂(raw cha
 forces on ghosts return to their owners like any other), ∂E/∂x gives the direct force on
 each local atom, and ∂E/∂ε the long-range virial (counted once). The k-space part is thus
 repeated on every rank, so it does not speed up with more ranks; the network, which
-dominates the cost, does. PME here runs on the fine mesh of σ itself (no range split over the
+dominates the cost, does. Ewald and PME here run on σ itself (no range split over the
 neighbour list, which spans ranks): the same energies and forces as the calculator's to the
-stated accuracy, at a higher k-space cost.
+stated accuracy (not to rounding), at a higher k-space cost.
 """
 
 from typing import Dict, List, Optional, Sequence

@@ -2,6 +2,7 @@
 the long-range model's derivatives, charge constraint and symmetry. float64 throughout."""
 
 import json
+import math
 from pathlib import Path
 
 import ase.io
@@ -14,7 +15,7 @@ from ase.build import bulk, molecule
 from equipot.config import ConfigError, LongRangeConfig, ModelConfig, config_from_dict
 from equipot.data import Configuration, Statistics, make_batch, neighbor_list, to_graph
 from equipot.electrostatics import Electrostatics, LongRangeError
-from equipot.electrostatics.coulomb import MeshPME, fft_size
+from equipot.electrostatics.coulomb import MeshPME, fft_size, half_sphere_kvectors
 from torchpme import CoulombPotential
 from equipot.geometry import apply_strain, edge_vectors, symmetric_strain
 from equipot.model import build_model
@@ -203,17 +204,43 @@ def test_batched_ewald_equals_torchpme_ewald():
 
 
 def test_batched_ewald_double_backward():
-    """Forces in a loss differentiate once more, through positions, cell and charges."""
+    """Forces in a loss differentiate once more, through positions, cells and charges, with two
+    cells of different sizes in one batch (the smaller one's k-vectors padded with k = 0)."""
     rng = np.random.default_rng(22)
     solver = Electrostatics(1.0, "ewald", accuracy=1e-3)
-    cell0 = np.eye(3) * 4.0 + rng.uniform(-0.3, 0.3, (3, 3))
-    args = (torch.tensor(rng.normal(size=4), requires_grad=True), torch.tensor(rng.uniform(0, 4, (4, 3)), requires_grad=True),
-            torch.tensor(cell0[None], requires_grad=True))
+    cells = np.stack([np.eye(3) * 3.5 + rng.uniform(-0.3, 0.3, (3, 3)), np.eye(3) * 4.5 + rng.uniform(-0.3, 0.3, (3, 3))])
+    assert len(half_sphere_kvectors(solver.wavelength, torch.tensor(cells[:1]))[1][0]) < len(
+        half_sphere_kvectors(solver.wavelength, torch.tensor(cells[1:]))[1][0])
+    args = (torch.tensor(rng.normal(size=5), requires_grad=True), torch.tensor(rng.uniform(0, 3.5, (5, 3)), requires_grad=True),
+            torch.tensor(cells, requires_grad=True))
+    node_graph = torch.tensor([0, 0, 1, 1, 1])
 
     def energy_of(q, pos, cell):
-        return solver(q, pos, cell, torch.ones(1, 3, dtype=torch.bool), torch.zeros(4, dtype=torch.long), 1).sum()
+        return solver(q, pos, cell, torch.ones(2, 3, dtype=torch.bool), node_graph, 2).sum()
 
     assert torch.autograd.gradgradcheck(energy_of, args)
+
+
+def test_half_sphere_kvectors_are_exactly_one_of_each_pair_inside_the_ball():
+    """Brute force on strongly skewed cells (one batch, different sizes): every k with
+    0 < |k| < k_max, one of each ±k, nothing else."""
+    cells = torch.tensor([[[4.0, 0.0, 0.0], [3.6, 1.2, 0.0], [-1.5, 2.5, 0.9]],
+                          [[9.0, 0.5, 0.0], [0.0, 7.0, 0.0], [4.0, 3.0, 6.0]]], dtype=torch.float64)
+    wavelength = 0.9
+    k_max = math.pi / wavelength
+    k, mask = half_sphere_kvectors(wavelength, cells)
+    for b in range(len(cells)):
+        reciprocal = 2 * math.pi * torch.linalg.inv(cells[b]).T
+        r = 40  # far beyond any n the ball can need for these cells
+        n = torch.stack(torch.meshgrid(*[torch.arange(-r, r + 1)] * 3, indexing="ij"), -1).reshape(-1, 3).double()
+        all_k = n @ reciprocal
+        inside = all_k[(all_k.norm(dim=1) < k_max) & (all_k.norm(dim=1) > 0)]
+        got = k[b][mask[b]]
+        assert not bool((k[b][~mask[b]] != 0).any())
+        assert 2 * len(got) == len(inside)
+        both = torch.cat([got, -got])  # with their partners: exactly the ball
+        key = lambda x: sorted(map(tuple, torch.round(x * 1e6).long().tolist()))
+        assert key(both) == key(inside)
 
 
 def test_fft_sizes():
@@ -291,6 +318,7 @@ def test_range_split_meets_the_stated_accuracy(accuracy, cutoff, total_charge, m
     assert np.abs(w - w0).max() < accuracy * np.abs(w0).max()
     # without the pairs the same solver falls back to σ (the fine mesh, more k-vectors)
     e1, f1, _ = energy(split, charges, positions, cell)
+    assert np.abs(f1 - f).max() > 1e-4 * accuracy * np.abs(f0).max()  # the split did run: its errors differ
     assert np.sqrt(((f1 - f0) ** 2).mean() / (f0**2).mean()) < accuracy and abs(e1 - e0) < accuracy * abs(e0)
 
 

@@ -330,13 +330,16 @@ class Electrostatics(nn.Module):
     def _direct(self, charges, positions, node_graph, counts, graphs) -> torch.Tensor:
         """φ_i/2 = ½ Σ_{j≠i} q_j v(r_ij) over the atoms of each open structure."""
         out = torch.zeros_like(charges)
-        index, mask = self._padded_index(counts, graphs)
-        n_max = index.shape[1]
-        if n_max < 2:
+        # every pair i < j of the same structure, without padding: atom i pairs with the
+        # atoms after it up to the end of its structure (atoms are contiguous per structure)
+        ends = torch.cumsum(counts, 0)
+        atoms = torch.nonzero(torch.isin(node_graph, torch.as_tensor(graphs, device=node_graph.device))).flatten()
+        after = ends[node_graph[atoms]] - atoms - 1
+        if int(after.sum()) == 0:
             return out
-        a, b = torch.triu_indices(n_max, n_max, offset=1, device=charges.device)  # every pair i < j
-        valid = mask[:, a] & mask[:, b]
-        i, j = index[:, a][valid], index[:, b][valid]
+        i = torch.repeat_interleave(atoms, after)
+        first = torch.cumsum(after, 0) - after  # where each atom's pairs start
+        j = i + 1 + torch.arange(len(i), device=i.device) - torch.repeat_interleave(first, after)
         r = torch.linalg.norm(positions[j] - positions[i], dim=-1)
         v = self.potential.lr_from_dist(r)
         out = out.index_add(0, i, 0.5 * v * charges[j])
