@@ -633,3 +633,30 @@ def test_format_2_long_range_model_file_loads(tmp_path):
     for name, value in model.named_parameters():
         assert torch.equal(dict(again.named_parameters())[name], value)
     assert set(load_file(path)) == {name for name, _ in model.named_parameters()}
+
+
+def test_born_charges_with_the_long_range_term():
+    """A long-range model with a dipole and Born charges: Z*_i = ∂μ/∂r_i (finite differences),
+    Σ_i Z*_i = 0 when neutral, and the charges still sum to the total charge."""
+    from equipot.config import OutputConfig
+
+    torch.manual_seed(5)
+    config = ModelConfig(r_max=3.0, channels=4, lmax=1, num_basis=4, radial_hidden=[8], readout_hidden=4,
+                         correlation=2, long_range=LongRangeConfig(smearing=1.0),
+                         outputs={"dipole": OutputConfig("dipole"), "born": OutputConfig("born_charges")})
+    stats = Statistics(species=SPECIES, e0={z: 0.0 for z in SPECIES}, energy_shift=0.0, energy_scale=1.0,
+                       avg_num_neighbors=5.0)
+    model = build_model(config, stats).double()
+    structure = random_structure(np.random.default_rng(31), 6, box=4.0, symbols=SPECIES)
+    out = model(to_graph(structure, 3.0))
+    born, charges = out["born"].detach(), out["charges"].detach()
+    assert born.abs().max() > 1e-6 and torch.allclose(born.sum(0), torch.zeros(3, 3), atol=1e-10)
+    eps, atom, beta = 1e-5, 3, 2
+    moved = []
+    for sign in (1, -1):
+        p = structure.positions.copy()
+        p[atom, beta] += sign * eps
+        c = Configuration(numbers=structure.numbers, positions=p, cell=structure.cell, pbc=structure.pbc)
+        moved.append(model(to_graph(c, 3.0))["dipole"][0].detach())
+    assert torch.allclose(born[atom, :, beta], (moved[0] - moved[1]) / (2 * eps), atol=1e-8)
+    assert float(charges.abs().max()) > 1e-6 and abs(float(charges.sum())) < 1e-10
