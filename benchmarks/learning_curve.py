@@ -235,15 +235,18 @@ def plot(dataset, by_model, spec, name) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for k, (name, pts) in enumerate(by_model.items()):
+    for k, (model, pts) in enumerate(by_model.items()):
         n = [p["n_train"] for p in pts]
         ax.plot(n, [p["forces_mae"] for p in pts], "-o", color=f"C{k}", ms=4,
-                label=f"{LABELS.get(name, name)} (slope {slope(pts):.2f})")
+                label=f"{LABELS.get(model, model)} (slope {slope(pts):.2f})")
     for peer, values in spec["published"].items():
         ax.plot(list(values), list(values.values()), "k*" if peer == "mace" else "kx", ms=8,
                 label=f"published {peer.upper()}")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    sizes = sorted({p["n_train"] for pts in by_model.values() for p in pts})
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_xticks(sizes, [str(n) for n in sizes])
     ax.set_xlabel("training structures N")
     ax.set_ylabel("force MAE (meV/Å)")
     ax.set_title(f"{dataset}: learning curves")
