@@ -14,8 +14,8 @@ range separation of 1/r with smearing σ, so one definition serves every solver:
   background terms) for periodic cells, written out as a few batched matrix products over all
   periodic structures of a batch, on one of each ±k inside the ball |k| < k_max (torch-pme
   sums the box around it, k and −k both: 4× the vectors; vmapped over structures its einsums
-  reduce to tiny matrix–vector products). Equal to torch-pme's calculator in tests, 4–6×
-  faster for a training step on a batch of 30-atom cells; with the pairs given, it runs on the
+  reduce to tiny matrix–vector products). Equal to torch-pme's calculator in tests, 5×
+  faster in a training step on a batch of 30-atom cells (6× with the range split); with the pairs given, it runs on the
   wider Gaussian σ_k of the range split below, like PME;
 * ``pme``: torch-pme's particle-mesh Ewald (its mesh interpolator and k-space filter) for
   large cells, one cell at a time (its mesh depends on the cell, so it cannot be batched).
