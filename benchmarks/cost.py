@@ -224,8 +224,8 @@ def time_train_step(threads: int, repeats: int) -> None:
 
             counts = torch.bincount(g.node_graph, minlength=g.n_graphs)
             graphs = list(range(g.n_graphs))
-            qp, mask, index = solver._pad(q, counts, graphs)
-            pp, _, _ = solver._pad(pos, counts, graphs)
+            index, mask = solver._padded_index(counts, graphs)
+            qp, pp = q[index] * mask, pos[index] * mask[..., None]
             kvectors = compute_batched_kvectors(solver.wavelength, g.cell)
             empty_idx = torch.zeros((g.n_graphs, 0, 2), dtype=torch.long)
             empty_dist = torch.zeros((g.n_graphs, 0))
