@@ -44,12 +44,16 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--forces-weight", type=float, default=0.0,
                    help="also fit the xTB energies (weight 1) and forces (this weight): chemistry as an auxiliary task")
+    p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--product-mixing", action="store_true", help="model.product_mixing: mixed channels in the node products")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     variant = "invariant-lmax0" if args.invariant else f"lmax{args.lmax}-both-c{args.channels}"
     variant += f"-l{args.layers}" if args.layers != 2 else ""
+    variant += "-mix" if args.product_mixing else ""
     variant += f"-ef{args.forces_weight:g}" if args.forces_weight > 0 else ""
     variant += f"-{args.budget_minutes:g}min" if args.budget_minutes != 10.0 else ""
+    variant += f"-seed{args.seed}" if args.seed != 11 else ""
     out = REPO / "runs" / f"chirality-{variant}"
     frames = ase.io.read(str(DATA / "xtb/chirality/train.xyz"), ":")
     split = {name: [a for a in frames if (a.info["molecule"] in TEST) == (name == "test")
@@ -57,11 +61,12 @@ def main() -> None:
     files = {name: write_frames(out / f"{name}.xyz", split[name]) for name in split}
     auxiliary = args.forces_weight > 0
     values = {
-        "output_dir": str(out / "train"), "seed": 11,
+        "output_dir": str(out / "train"), "seed": args.seed,
         "data": {"train": str(files["train"]), "valid": str(files["valid"]),
                  "keys": {"chirality": "chirality", **({"energy": "energy", "forces": "forces"} if auxiliary else {})}},
         "model": {"r_max": 5.0, "channels": args.channels, "lmax": 0 if args.invariant else args.lmax,
                   "parity": "natural" if args.invariant else "both", "correlation": 3, "num_layers": args.layers,
+                  "product_mixing": args.product_mixing,
                   "outputs": {"chirality": "0e" if args.invariant else "0o"}},
         "training": {"threads": args.threads, "batch_size": 10, "lr": 0.005, "max_epochs": 100000,
                      "max_minutes": args.budget_minutes, "patience": 100000, "lr_patience": 8,

@@ -65,6 +65,9 @@ class ModelConfig:
     parity: str = "natural"  # "natural" (0e, 1o, 2e, ...) or "both" (0e, 0o, 1o, 1e, ...)
     correlation: int = 3  # body order per layer from A, A⊗A, A⊗A⊗A
     message_lmax: Optional[int] = None  # highest l of the features sent along edges (default lmax; 0: scalars only)
+    # each node product A ⊗ A' takes A' as a learnt channel mix of A, so that couplings odd in
+    # the exchange of the factors (cross products 1o ⊗ 1o → 1e, triple products → 0o) survive
+    product_mixing: bool = False
     num_basis: int = 8
     radial_hidden: List[int] = field(default_factory=lambda: [64, 64])
     readout_hidden: int = 16

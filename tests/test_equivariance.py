@@ -25,15 +25,18 @@ from equivariance import (
 )
 
 R_MAX = 3.0
-# (lmax, parity, correlation, message_lmax): every lmax/parity/correlation with full
-# messages, and a few with fewer irreps sent along the edges than formed in a layer
-COMBOS = [combo + (None,) for combo in itertools.product(range(4), ("both", "natural"), (1, 2, 3))]
-COMBOS += [(1, "both", 3, 0), (2, "natural", 3, 0), (3, "natural", 2, 1)]
+# (lmax, parity, correlation, message_lmax, product_mixing): every lmax/parity/correlation
+# with full messages, a few with fewer irreps sent along the edges than formed in a layer,
+# and a few with mixed channels in the node products
+COMBOS = [combo + (None, False) for combo in itertools.product(range(4), ("both", "natural"), (1, 2, 3))]
+COMBOS += [(1, "both", 3, 0, False), (2, "natural", 3, 0, False), (3, "natural", 2, 1, False)]
+COMBOS += [(1, "both", 3, None, True), (2, "natural", 3, None, True), (3, "both", 2, 1, True)]
 
 
 def combo_id(combo):
-    lmax, parity, correlation, message_lmax = combo
-    return f"l{lmax}-{parity}-c{correlation}" + ("" if message_lmax is None else f"-m{message_lmax}")
+    lmax, parity, correlation, message_lmax, mixing = combo
+    return (f"l{lmax}-{parity}-c{correlation}" + ("" if message_lmax is None else f"-m{message_lmax}")
+            + ("-mix" if mixing else ""))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -55,11 +58,11 @@ def float64():
     torch.backends.opt_einsum.enabled = opt_einsum
 
 
-def make_config(lmax, parity, correlation, message_lmax=None, num_layers=2):
+def make_config(lmax, parity, correlation, message_lmax=None, product_mixing=False, num_layers=2):
     return ModelConfig(
         r_max=R_MAX, num_layers=num_layers, channels=4, lmax=lmax, parity=parity,
         correlation=correlation, num_basis=4, radial_hidden=[8], readout_hidden=4,
-        message_lmax=message_lmax,
+        message_lmax=message_lmax, product_mixing=product_mixing,
     )
 
 
@@ -71,8 +74,8 @@ def make_stats():
 
 @pytest.fixture(scope="module", params=COMBOS, ids=combo_id)
 def potential(request, float64) -> Potential:
-    lmax, parity, correlation, message_lmax = request.param
-    torch.manual_seed(100 * lmax + 10 * correlation + (parity == "both") + 1000 * (message_lmax or 0))
+    lmax, parity, correlation, message_lmax, mixing = request.param
+    torch.manual_seed(100 * lmax + 10 * correlation + (parity == "both") + 1000 * (message_lmax or 0) + 5 * mixing)
     model = build_model(make_config(*request.param), make_stats())
     assert model.dtype == torch.float64
     model.combo = request.param
@@ -260,7 +263,7 @@ def test_interaction(potential, graph_inputs, layer_index):
 def test_product_basis(potential, graph_inputs):
     """A, A⊗A, A⊗A⊗A with species-dependent weights, on random A of every hidden irrep."""
     _, species, _, _, _ = graph_inputs
-    lmax, parity, correlation, _ = potential.combo
+    lmax, parity, correlation, _, _ = potential.combo
     irreps = hidden_irreps(4, lmax, parity)
     for layer in potential.energy_model.layers:
         product: ProductBasis = layer.product
@@ -274,6 +277,25 @@ def test_product_basis(potential, graph_inputs):
     # the higher powers really are there: the map is not linear unless correlation is 1
     nonlinearity = (product(2 * a, species) - 2 * product(a, species)).abs().max()
     assert (nonlinearity > 1e-6) == (correlation > 1)
+
+
+@pytest.mark.parametrize("mixing", [False, True])
+def test_product_mixing_forms_odd_couplings(mixing):
+    """From A = vectors only (the first layer's 1o), same-channel products cannot form a
+    pseudovector (v × v = 0) or a pseudoscalar; with mixed channels they do."""
+    irreps = hidden_irreps(4, 1, "both")  # 4x0e + 4x0o + 4x1o + 4x1e
+    torch.manual_seed(0)
+    product = ProductBasis(irreps, 1, 3, mixing=mixing)
+    a = random_features(irreps, 6, 9)
+    a[:, : irreps.slices()[2].start] = 0  # keep the 1o block only
+    a[:, irreps.slices()[3]] = 0
+    out = product(a, torch.zeros(6, dtype=torch.long))
+    odd = torch.cat([out[:, irreps.slices()[1]], out[:, irreps.slices()[3]]], dim=1)  # 0o and 1e
+    assert (odd.abs().max() > 1e-3) == mixing
+    if not mixing:
+        assert odd.abs().max() < 1e-12
+    check_equivariance(product, (a, torch.zeros(6, dtype=torch.long)), (Spec(irreps, "node"), Spec(None, "node")),
+                       Spec(irreps, "node"))
 
 
 def test_readouts(potential):

@@ -83,6 +83,7 @@ class EnergyModel(ShiftedEnergies):
         atomic_scale: torch.Tensor,
         extra_irreps: o3.Irreps = o3.Irreps(""),
         message_lmax: Optional[int] = None,
+        product_mixing: bool = False,
     ):
         super().__init__()
         self.num_species = num_species
@@ -115,7 +116,7 @@ class EnergyModel(ShiftedEnergies):
                 Interaction(
                     irreps_in, irreps_out, self.irreps_sh, hidden, num_species, num_basis,
                     list(radial_hidden), avg_num_neighbors, correlation,
-                    self_connection=t > 0,
+                    self_connection=t > 0, product_mixing=product_mixing,
                 )
             )
             self.readouts.append(MLPReadout(irreps_out, readout_hidden) if last else LinearReadout(irreps_out))

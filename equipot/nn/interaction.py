@@ -59,9 +59,16 @@ class ProductBasis(nn.Module):
     The weights of each product path depend on the species of the atom. Only the irreps of
     ``irreps_out`` (a subset of ``irreps``, default all) are returned: the last product
     computes just those, so a layer that passes on scalars only pays for scalars there.
+
+    The products are channel-wise, so with ``mixing`` off a product of two copies of the same
+    channel loses every coupling that is odd under exchange of its factors (1o ⊗ 1o → 1e is
+    the cross product of a vector with itself, zero); a layer then cannot form a triple
+    product of neighbour directions. With ``mixing`` on, each product's new factor is a learnt
+    linear mix of A's channels (per irrep), A^(c+1) = A^(c) ⊗ (W_c A), and those couplings survive.
     """
 
-    def __init__(self, irreps: o3.Irreps, num_species: int, correlation: int, irreps_out: o3.Irreps = None):
+    def __init__(self, irreps: o3.Irreps, num_species: int, correlation: int, irreps_out: o3.Irreps = None,
+                 mixing: bool = False):
         super().__init__()
         irreps = o3.Irreps(irreps)
         self.irreps_out = irreps if irreps_out is None else o3.Irreps(irreps_out)
@@ -75,6 +82,7 @@ class ProductBasis(nn.Module):
         self.select = self.irreps_out != irreps
         self.products = nn.ModuleList()
         self.weights = nn.ParameterList()
+        self.mix = nn.ModuleList([o3.Linear(irreps, irreps) for _ in range(correlation - 1)]) if mixing else None
         for c in range(correlation - 1):
             target = self.irreps_out if c == correlation - 2 else irreps
             tp = o3.TensorProduct(
@@ -88,7 +96,7 @@ class ProductBasis(nn.Module):
         total, power = self.project(a), a
         last = len(self.products) - 1
         for c, (tp, w) in enumerate(zip(self.products, self.weights)):
-            power = tp(power, a, w[species])
+            power = tp(power, a if self.mix is None else self.mix[c](a), w[species])
             total = total + (power if c == last else self.project(power))
         return total
 
@@ -112,6 +120,7 @@ class Interaction(nn.Module):
         avg_num_neighbors: float,
         correlation: int,
         self_connection: bool = True,
+        product_mixing: bool = False,
     ):
         super().__init__()
         self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
@@ -139,7 +148,8 @@ class Interaction(nn.Module):
         # only the irreps the gate reads are formed by the products
         wanted = {ir for _, ir in self.gate.irreps_in}
         irreps_products = o3.Irreps([(mul, ir) for mul, ir in o3.Irreps(irreps_hidden) if ir in wanted])
-        self.product = ProductBasis(o3.Irreps(irreps_hidden), num_species, correlation, irreps_products)
+        self.product = ProductBasis(o3.Irreps(irreps_hidden), num_species, correlation, irreps_products,
+                                    mixing=product_mixing)
         self.linear_out = o3.Linear(irreps_products, self.gate.irreps_in)
         self.skip = (
             o3.FullyConnectedTensorProduct(self.irreps_in, o3.Irreps(f"{num_species}x0e"), self.irreps_out)
