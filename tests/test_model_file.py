@@ -1,5 +1,6 @@
 """Model files (safetensors, never unpickled), inference errors, evaluation and MD."""
 
+import dataclasses
 import json
 import os
 import pickle
@@ -20,7 +21,7 @@ from equipot.calculator import EquipotCalculator
 from equipot.data import make_batch, read_configurations
 from equipot.evaluate import evaluate_file, format_table, write_json
 from equipot.md import run_md
-from equipot.model import ModelFileError, UnknownElementError, load_model, save_model
+from equipot.model import ModelFileError, UnknownElementError, build_model, load_model, save_model
 from equipot.model.model_file import FORMAT_VERSION
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -68,6 +69,29 @@ def test_round_trip(io_tiny_model, io_small_xyz, tmp_path):
     as32 = load_model(str(path), dtype=torch.float32)
     assert as32.dtype == torch.float32
     assert torch.allclose(as32(batch.to(dtype=torch.float32))["energy"].double(), after["energy"], rtol=1e-5)
+
+
+def test_product_mixing_round_trip_and_files_without_the_key(io_tiny_model, io_small_xyz, tmp_path):
+    """A model with mixed node products keeps its mixing maps through a file; a file written
+    before the option existed (no ``product_mixing`` in its config) loads without them."""
+    old = load_model(str(io_tiny_model))
+    config = dataclasses.replace(old.model_config, product_mixing=True)
+    torch.manual_seed(3)
+    model = build_model(config, old.statistics).to(torch.float64)
+    assert any(".product.mix." in name for name, _ in model.named_parameters())
+    path = tmp_path / "mix.safetensors"
+    save_model(str(path), model, config, old.statistics)
+    again = load_model(str(path))
+    assert again.model_config.product_mixing
+    batch = make_batch(read_configurations(str(io_small_xyz))[:2], config.r_max, dtype=torch.float64)
+    # equal up to the order of e3nn's generated contractions (a freshly built model's differ)
+    assert torch.allclose(model(batch)["forces"], again(batch)["forces"], rtol=0, atol=1e-9)
+    settings = json.loads(metadata_of(io_tiny_model)["model_config"])
+    settings.pop("product_mixing")
+    legacy = rewrite(io_tiny_model, tmp_path / "legacy.safetensors", model_config=json.dumps(settings))
+    loaded = load_model(legacy)
+    assert not loaded.model_config.product_mixing
+    assert not any(".product.mix." in name for name, _ in loaded.named_parameters())
 
 
 # ----------------------------------------------------------------------------- damaged files
