@@ -118,6 +118,7 @@ def main() -> None:
                    help="plateau: ×0.8 after 10 epochs without progress; budget: cosine to 0 over the budget")
     p.add_argument("--forces-weight", type=float, default=100.0, help="loss weight of the forces (energy per atom: 1)")
     p.add_argument("--variant", default=None)
+    p.add_argument("--seed", type=int, default=1234, help="seeds the validation split and the initial weights")
     p.add_argument("--out", default=None, help="training output folder (default runs/<dataset>)")
     p.add_argument("--eval-only", action="store_true", help="evaluate the model already trained in --out")
     p.add_argument("--resume", action="store_true",
@@ -144,7 +145,7 @@ def main() -> None:
                      message_lmax=args.message_lmax, radial_hidden=args.radial_hidden,
                      product_mixing=args.product_mixing)
     config = config_from_dict({
-        "output_dir": out_dir, "seed": 1234,
+        "output_dir": out_dir, "seed": args.seed,
         "data": {"train": str(data_paths(args.dataset)[0]), "valid_fraction": spec["valid_fraction"],
                  "e0s": spec["e0s"] if spec["e0s"] == "fit" else str(DATA / spec["e0s"]),
                  "keys": {"energy": "energy", "forces": "forces"}, "max_train": n_train},

@@ -12,7 +12,7 @@ molecule; 15 atoms: one open molecule), energy + forces through each code's ASE 
 median of --repeats calls after two warm-up calls, one fresh process per model and size (so the
 peak memory is that size's). Peer models are untrained, built as in ../shared/bench/peers.md
 (the time does not depend on the weights); equipot's are untrained too, at the settings of the
-accuracy benchmarks. Writes docs/benchmarks/peers-speed-<dtype>-t<threads>.json/.md/.png.
+accuracy benchmarks. Writes docs/benchmarks/peers-speed-<dtype>-t<threads>[-<tag>].json/.md/.png.
 
 ``train`` trains a peer for a wall-clock budget with the recipe of ../shared/bench/peers.md (the
 same seeded 450 / 50 split of acac's train_300K for every model — for 3BPA 360 / 40 of the
@@ -40,6 +40,7 @@ PEERS = {"mace": "mace-torch==0.3.16", "nequip": "nequip==0.19.1"}
 TORCH = "torch==2.13.0"
 EQUIPOT_MODELS = {  # label: model settings (as in benchmarks/accuracy.py)
     "equipot lmax 1, 16 ch": {"lmax": 1, "channels": 16},
+    "equipot lmax 1, 16 ch, mixed products": {"lmax": 1, "channels": 16, "product_mixing": True},
     "equipot lmax 1, 32 ch": {"lmax": 1, "channels": 32},
     "equipot lmax 1, 32 ch, scalar messages": {"lmax": 1, "channels": 32, "message_lmax": 0},
     "equipot lmax 2, 32 ch": {"lmax": 2, "channels": 32},
@@ -101,6 +102,8 @@ def speed(args) -> None:
            "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
     results = {}  # label -> list of per-size results (or an error)
     for label, settings in EQUIPOT_MODELS.items():
+        if args.models and label not in args.models:
+            continue
         path = equipot_model(label, settings)
         results[label] = [run_json([sys.executable, str(REPO / "benchmarks" / "speed.py"), path, "--one", "--threads",
                                     str(args.threads), "--dtype", args.dtype, "--sizes", str(n), "--repeats",
@@ -149,7 +152,7 @@ def speed(args) -> None:
                              "unit": "fraction", "achieved_gflops": round(gflops, 2)}]
                 share = f"{100 * gflops / peak:.1f} % ({r['gflop']:.2f} GFLOP)"  # of the largest size
         rows.append(f"| {label} | " + " | ".join(cells) + f" | {'; '.join(notes)} | {share} |")
-    name = f"peers-speed-{args.dtype}-t{args.threads}"
+    name = f"peers-speed-{args.dtype}-t{args.threads}" + (f"-{args.tag}" if args.tag else "")
     records.append({"model": "machine", "variant": "matmul 1024", "dataset": "-", "dtype": args.dtype,
                     "threads": args.threads, "metric": "matmul_peak", "value": round(peak, 1), "unit": "GFLOP/s"})
     write_result(name, args.threads, records, extra={"peer_versions": versions})
@@ -298,7 +301,7 @@ def train(args) -> None:
                                 "train_wall_s": round(result["train_wall_s"]), "epochs": result["epochs"]})
             rows.append(f"| {test} | {err['energy_rmse']:.2f} | {err['forces_rmse']:.2f} | {err['energy_mae']:.2f} | "
                         f"{err['forces_mae']:.2f} |")
-        name = f"peers-{args.dataset}-{peer}"
+        name = f"peers-{args.dataset}-{peer}" + (f"-{args.tag}" if args.tag else "")
         write_result(name, args.threads, records, extra={"error": result["error"]} if "error" in result else None)
         md = [f"# {args.dataset}: {PEER_LABELS[peer]}, {args.budget_minutes:g} min budget, its own venv", "",
               f"Machine: {machine(args.threads)['cpu']}, {args.threads} thread(s); "
@@ -322,6 +325,9 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[15, 120, 960])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--peers", nargs="+", default=sorted(PEERS), choices=sorted(PEERS))
+    p.add_argument("--models", nargs="+", default=None, choices=sorted(EQUIPOT_MODELS),
+                   help="equipot models to time (default all)")
+    p.add_argument("--tag", default="", help="suffix of the output name (keeps another machine's table)")
     args = p.parse_args()
     speed(args) if args.kind == "speed" else train(args)
 
