@@ -21,6 +21,31 @@ def test_resume_refuses_a_changed_config(io_config_dict):
     assert result["epochs"] == 2
 
 
+def test_resume_a_checkpoint_written_before_a_config_key_existed(io_config_dict, tmp_path):
+    """A checkpoint whose saved config lacks a key added later (here model.product_mixing)
+    resumes when the key has its default, and still refuses when it does not."""
+    import json
+    import os
+
+    from equipot.train import CHECKPOINT
+    from equipot.train.checkpoint import load_checkpoint, save_checkpoint
+
+    values = io_config_dict("k", max_epochs=1)
+    Trainer(config_from_dict(values), progress=False).run()
+    path = os.path.join(values["output_dir"], CHECKPOINT)
+    state = load_checkpoint(path)
+    saved = json.loads(state["config"])
+    del saved["model"]["product_mixing"]
+    state["config"] = json.dumps(saved)
+    save_checkpoint(path, state)
+    result = Trainer(config_from_dict(io_config_dict("k", max_epochs=2)), progress=False).run(resume=True)
+    assert result["epochs"] == 2
+    mixing = io_config_dict("k", max_epochs=3)
+    mixing["model"]["product_mixing"] = True
+    with pytest.raises(CheckpointError, match="model.product_mixing"):
+        Trainer(config_from_dict(mixing), progress=False).run(resume=True)
+
+
 def test_a_new_run_does_not_overwrite_an_old_one(io_config_dict):
     Trainer(config_from_dict(io_config_dict("o", max_epochs=1)), progress=False).run()
     with pytest.raises(ConfigError, match="--resume"):

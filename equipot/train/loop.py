@@ -18,7 +18,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, _from_dict
 from ..data import GraphLoader
 from ..data.statistics import Statistics
 from ..model import build_model, save_model
@@ -59,7 +59,9 @@ class Trainer:
             )
         state = load_checkpoint(checkpoint) if resume else None
         if state is not None:
-            check_resumable(json.loads(state["config"]), self.config.to_dict(), checkpoint)
+            # the saved config with today's defaults for keys added since it was written
+            saved = _from_dict(Config, json.loads(state["config"]), "", checkpoint).to_dict()
+            check_resumable(saved, self.config.to_dict(), checkpoint)
         self.splits = read_splits(self.config)
         if state is not None:
             self.stats = Statistics.from_dict(json.loads(state["statistics"]))
