@@ -137,6 +137,7 @@ def main() -> None:
         + ("" if args.radial_hidden == [64, 64] else "-r" + "x".join(map(str, args.radial_hidden)))
         + ("" if args.n_train is None else f"-n{args.n_train}")
         + ("" if args.scheduler == "plateau" else f"-{args.scheduler}")
+        + ("" if args.seed == 1234 else f"-seed{args.seed}")
     )
     n_train = spec["n_train"] if args.n_train is None else args.n_train
     out_dir = args.out or f"runs/{args.dataset}-{variant}"
@@ -165,6 +166,13 @@ def main() -> None:
     records, rows = [], []
     common = {"model": "equipot", "variant": variant, "dataset": args.dataset, "train_wall_s": round(train_wall),
               "dtype": args.dtype, "n_train": n_train, "epochs": result["epochs"], "n_params": n_params}
+    # the validation split's errors at the epoch whose weights were exported (lowest validation loss)
+    best = min(history, key=lambda row: float(row["valid_loss"]))
+    valid = {m: float(best[f"valid_{m}"]) for m in ("energy_rmse", "forces_rmse", "energy_mae", "forces_mae") if f"valid_{m}" in best}
+    for metric, value in valid.items():
+        records.append({**common, "split": "valid", "metric": metric, "value": round(value, 3),
+                        "unit": "meV" if "energy" in metric else "meV/A", "epoch": int(best["epoch"])})
+    rows.append(("valid (training log)",) + tuple(valid.get(k, float("nan")) for k in ("energy_rmse", "forces_rmse", "energy_mae", "forces_mae")))
     for test, path in data_paths(args.dataset)[1].items():
         s = evaluate_file(model, str(path), out_dir=f"{out_dir}/eval", progress=False)
         plots = DOCS / f"{args.dataset}-{variant}"  # parity plots go to the docs; predictions stay in the run

@@ -14,6 +14,7 @@ Writes docs/benchmarks/chirality-<variant>.{json,md}.
 
 import argparse
 import csv
+import shlex
 import sys
 
 import ase.io
@@ -22,8 +23,11 @@ import torch
 
 from common import DATA, DOCS, REPO, machine, train_model, write_frames, write_result
 
+from equipot.config import config_from_dict, load_config
 from equipot.data import read_configurations
 from equipot.evaluate import predict
+from equipot.model import load_model
+from equipot.train import MODEL
 
 TEST = ["2_pentanol", "2_chlorobutane", "serine", "lactonitrile", "3_methylhexane", "carvone"]
 VALID = ["2_fluorobutane", "alaninol", "propylene_oxide"]
@@ -39,6 +43,22 @@ def predictions(model, path, fields):
 
 def sign_accuracy(pred, ref) -> float:
     return float(np.mean(np.sign(pred) == np.sign(ref)))
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def finished_run(folder, values: dict, budget_minutes: float) -> bool:
+    """Whether ``folder`` holds a model trained with exactly ``values`` for the whole budget
+    (a killed run also leaves a model file, written at its best epoch so far)."""
+    if not (folder / MODEL).exists() or not (folder / "metrics.csv").exists():
+        return False
+    if load_config(str(folder / "config.yaml")).to_dict() != config_from_dict(values).to_dict():
+        return False
+    with open(folder / "metrics.csv") as f:
+        history = list(csv.DictReader(f))
+    return bool(history) and float(history[-1]["wall_s"]) >= 0.98 * 60 * budget_minutes
 
 
 def main() -> None:
@@ -68,7 +88,7 @@ def main() -> None:
     split = {name: [a for a in frames if (a.info["molecule"] in TEST) == (name == "test")
                     and (a.info["molecule"] in VALID) == (name == "valid")] for name in ("train", "valid", "test")}
     auxiliary = args.forces_weight > 0
-    runs = []  # per seed: (seed, epochs, wall, n_params, {split: (pred, ref)})
+    runs = []  # one dict per seed
     for seed in args.seeds:
         out = REPO / "runs" / (f"chirality-{variant}" + (f"-seed{seed}" if seed != 11 else ""))
         files = {name: write_frames(out / f"{name}.xyz", split[name]) for name in split}
@@ -85,57 +105,54 @@ def main() -> None:
                          "loss": {"energy": 1.0 if auxiliary else 0.0, "forces": args.forces_weight,
                                   "outputs": {"chirality": 1.0}}},
         }
-        model_file = out / "train" / "model.safetensors"
-        if args.reuse and model_file.exists():
-            from equipot.model import load_model
-
-            history = list(csv.DictReader(open(out / "train" / "metrics.csv")))
-            model, epochs, wall = load_model(str(model_file)), len(history), float(history[-1]["wall_s"])
-        else:
-            model, result, wall = train_model(values)
-            epochs = result["epochs"]
-        n_params = sum(x.numel() for x in model.parameters())
-        runs.append((seed, epochs, wall, n_params,
-                     {name: predictions(model, files[name], model.output_fields) for name in split}))
+        reused = args.reuse and finished_run(out / "train", values, args.budget_minutes)
+        model = load_model(str(out / "train" / MODEL)) if reused else train_model(values)[0]
+        with open(out / "train" / "metrics.csv") as f:
+            history = list(csv.DictReader(f))
+        preds = {name: predictions(model, files[name], model.output_fields) for name in split}
+        runs.append({"seed": seed, "epochs": len(history), "wall": float(history[-1]["wall_s"]), "reused": reused,
+                     "n_params": sum(x.numel() for x in model.parameters()),
+                     "pred": {name: p for name, (p, _) in preds.items()}})
+    ref = {name: preds[name][1] for name in split}  # the same structures for every seed
     names = np.array([a.info["molecule"] for a in split["test"]])
-    common = {"model": "equipot", "variant": variant, "dataset": "chirality", "n_params": runs[0][3],
-              "dtype": "float32"}
+    n_params = runs[0]["n_params"]
+    common = {"model": "equipot", "variant": variant, "dataset": "chirality", "n_params": n_params, "dtype": "float32"}
     records, rows, per_molecule = [], [], {}
-    for seed, epochs, wall, _, preds in runs:
-        for name in split:
-            records.append({**common, "seed": seed, "train_wall_s": round(wall), "epochs": epochs, "split": name,
-                            "metric": "sign_accuracy", "value": round(sign_accuracy(*preds[name]), 4), "unit": ""})
-        rows.append((f"seed {seed}", epochs, *(sign_accuracy(*preds[name]) for name in split)))
-        pred, ref = preds["test"]
-        per_molecule[f"seed {seed}"] = {m: sign_accuracy(pred[names == m], ref[names == m]) for m in TEST}
+
+    def by_molecule(pred):
+        return {m: sign_accuracy(pred[names == m], ref["test"][names == m]) for m in TEST}
+
+    for run in runs:
+        acc = {name: sign_accuracy(run["pred"][name], ref[name]) for name in split}
+        records += [{**common, "seed": run["seed"], "train_wall_s": round(run["wall"]), "epochs": run["epochs"],
+                     "reused": run["reused"], "split": name, "metric": "sign_accuracy", "value": round(acc[name], 4),
+                     "unit": ""} for name in split]
+        rows.append((f"seed {run['seed']}", run["epochs"], *(pct(acc[name]) for name in split)))
+        per_molecule[f"seed {run['seed']}"] = by_molecule(run["pred"]["test"])
     if len(runs) > 1:
+        accs = {name: [sign_accuracy(run["pred"][name], ref[name]) for run in runs] for name in split}
+        ensemble = {name: np.mean([run["pred"][name] for run in runs], axis=0) for name in split}
         for name in split:
-            accs = [sign_accuracy(*r[4][name]) for r in runs]
-            ensemble = sign_accuracy(np.mean([r[4][name][0] for r in runs], axis=0), runs[0][4][name][1])
-            records.append({**common, "seeds": args.seeds, "split": name, "metric": "sign_accuracy_mean",
-                            "value": round(float(np.mean(accs)), 4), "unit": ""})
-            records.append({**common, "seeds": args.seeds, "split": name, "metric": "sign_accuracy_std",
-                            "value": round(float(np.std(accs, ddof=1)), 4), "unit": ""})
-            records.append({**common, "seeds": args.seeds, "split": name, "metric": "sign_accuracy_ensemble",
-                            "value": round(ensemble, 4), "unit": ""})
-        rows.append(("mean ± std", "", *(f"{100 * np.mean(a):.1f} ± {100 * np.std(a, ddof=1):.1f}"
-                                          for a in ([sign_accuracy(*r[4][name]) for r in runs] for name in split))))
-        ens = {name: np.mean([r[4][name][0] for r in runs], axis=0) for name in split}
-        rows.append(("ensemble", "", *(sign_accuracy(ens[name], runs[0][4][name][1]) for name in split)))
-        per_molecule["ensemble"] = {m: sign_accuracy(ens["test"][names == m], runs[0][4]["test"][1][names == m])
-                                    for m in TEST}
+            for metric, value in (("sign_accuracy_mean", np.mean(accs[name])),
+                                  ("sign_accuracy_std", np.std(accs[name], ddof=1)),
+                                  ("sign_accuracy_ensemble", sign_accuracy(ensemble[name], ref[name]))):
+                records.append({**common, "seeds": args.seeds, "split": name, "metric": metric,
+                                "value": round(float(value), 4), "unit": ""})
+        rows.append(("mean ± std", "", *(f"{100 * np.mean(accs[name]):.1f} ± {100 * np.std(accs[name], ddof=1):.1f} %"
+                                          for name in split)))
+        rows.append(("ensemble", "", *(pct(sign_accuracy(ensemble[name], ref[name])) for name in split)))
+        per_molecule["ensemble"] = by_molecule(ensemble["test"])
     name = f"chirality-{variant}{seeds_tag}"
     path = write_result(name, args.threads, records,
                         extra={"test_molecules": TEST, "valid_molecules": VALID, "seeds": args.seeds,
                                "per_test_molecule": per_molecule})
-    pct = lambda x: x if isinstance(x, str) else f"{100 * x:.1f} %"
     md = [f"# Chirality (R/S) of molecules never seen in training: equipot {variant}", "",
           f"Machine: {machine(args.threads)['cpu']}, {args.threads} thread(s); float32; {args.budget_minutes:g} min "
-          f"of training per seed; {runs[0][3]} parameters; {len(split['train'])} / {len(split['valid'])} / "
+          f"of training per seed; {n_params} parameters; {len(split['train'])} / {len(split['valid'])} / "
           f"{len(split['test'])} train / valid / test structures; command: "
-          f"`python benchmarks/chirality.py {' '.join(sys.argv[1:])}`",
+          f"`python benchmarks/chirality.py {shlex.join(sys.argv[1:])}`",
           "", "| model | epochs | train | valid | test |", "|---|---|---|---|---|"]
-    md += [f"| {r[0]} | {r[1]} | " + " | ".join(pct(x) for x in r[2:]) + " |" for r in rows]
+    md += [f"| {' | '.join(map(str, r))} |" for r in rows]
     md += ["", "Test accuracy per molecule:", ""]
     md += [f"- {who}: " + ", ".join(f"{m} {100 * a:.0f} %" for m, a in accs.items()) for who, accs in per_molecule.items()]
     (DOCS / f"{name}.md").write_text("\n".join(md) + "\n")

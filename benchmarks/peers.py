@@ -28,6 +28,7 @@ docs/benchmarks/peers-<dataset>-<peer>.json/.md (equipot's own figures: benchmar
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -172,13 +173,13 @@ def speed(args) -> None:
     plt.close(fig)
 
     peer_versions = ", ".join(f"{p} {v}" for p, v in versions.items() if v)
-    md = [f"# Speed side by side: {args.dtype}, {args.threads} thread(s)", "",
+    md = [f"# Speed side by side: {args.dtype}, {args.threads} thread(s)" + (f" ({args.tag})" if args.tag else ""), "",
           f"Machine: {machine(args.threads)['cpu']}. Energy + forces through each code's ASE calculator (neighbour list "
           f"included), median of {args.repeats} calls, one fresh process per model and size; peers in their own venvs "
           f"({peer_versions or 'none ran'}). Cells: µs/atom/step · peak RSS. Share of peak: matmul FLOPs of a "
           f"call at {args.sizes[-1]} atoms (torch.utils.flop_counter's formulas; elementwise work not counted, a lower bound) "
           f"per second, over this machine's {args.dtype} matmul peak measured in the same run, {peak:.0f} GFLOP/s "
-          f"on {args.threads} thread(s). Command: `python benchmarks/peers.py {' '.join(sys.argv[1:])}`", "",
+          f"on {args.threads} thread(s). Command: `python benchmarks/peers.py {shlex.join(sys.argv[1:])}`", "",
           "| model | " + " | ".join(f"{n} atoms" for n in args.sizes) + " | notes | share of matmul peak |",
           "|---|" + "---|" * len(args.sizes) + "---|---|"] + rows + ["", f"![speed]({name}.png)"]
     (DOCS / f"{name}.md").write_text("\n".join(md) + "\n")
@@ -303,10 +304,11 @@ def train(args) -> None:
                         f"{err['forces_mae']:.2f} |")
         name = f"peers-{args.dataset}-{peer}" + (f"-{args.tag}" if args.tag else "")
         write_result(name, args.threads, records, extra={"error": result["error"]} if "error" in result else None)
-        md = [f"# {args.dataset}: {PEER_LABELS[peer]}, {args.budget_minutes:g} min budget, its own venv", "",
+        md = [f"# {args.dataset}: {PEER_LABELS[peer]}, {args.budget_minutes:g} min budget, its own venv"
+              + (f" ({args.tag})" if args.tag else ""), "",
               f"Machine: {machine(args.threads)['cpu']}, {args.threads} thread(s); "
               + (f"{result['epochs']} epochs in {result['train_wall_s'] / 60:.1f} min; " if "epochs" in result else "")
-              + f"command: `python benchmarks/peers.py {' '.join(sys.argv[1:])}`", ""]
+              + f"command: `python benchmarks/peers.py {shlex.join(sys.argv[1:])}`", ""]
         if "error" in result:
             md.append(f"Not run: {result['error']}.")
         else:
