@@ -154,7 +154,8 @@ def main() -> None:
           "", "| model | epochs | train | valid | test |", "|---|---|---|---|---|"]
     md += [f"| {' | '.join(map(str, r))} |" for r in rows]
     md += ["", "Test accuracy per molecule:", ""]
-    md += [f"- {who}: " + ", ".join(f"{m} {100 * a:.0f} %" for m, a in accs.items()) for who, accs in per_molecule.items()]
+    md += [f"- {who}: " + ", ".join(f"{m} {100 * a:.0f} %" for m, a in scores.items())
+           for who, scores in per_molecule.items()]
     (DOCS / f"{name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     print(f"wrote {path}")
