@@ -110,6 +110,7 @@ def main() -> None:
                    help="train on the first N of the training split (data efficiency); validation set unchanged")
     p.add_argument("--message-lmax", type=int, default=None, help="highest l sent along edges (default lmax)")
     p.add_argument("--product-mixing", action="store_true", help="model.product_mixing: mixed channels in the node products")
+    p.add_argument("--r-max", type=float, default=5.0, help="cutoff radius (Å)")
     p.add_argument("--radial-hidden", type=int, nargs="+", default=[64, 64], help="hidden sizes of the radial networks")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--lr", type=float, default=0.01)
@@ -134,6 +135,7 @@ def main() -> None:
         f"lmax{args.lmax}-{args.parity}-c{args.channels}-nu{args.correlation}"
         + ("" if args.message_lmax is None else f"-m{args.message_lmax}")
         + ("-mix" if args.product_mixing else "")
+        + ("" if args.r_max == 5.0 else f"-rmax{args.r_max:g}")
         + ("" if args.radial_hidden == [64, 64] else "-r" + "x".join(map(str, args.radial_hidden)))
         + ("" if args.n_train is None else f"-n{args.n_train}")
         + ("" if args.scheduler == "plateau" else f"-{args.scheduler}")
@@ -142,7 +144,7 @@ def main() -> None:
     n_train = spec["n_train"] if args.n_train is None else args.n_train
     out_dir = args.out or f"runs/{args.dataset}-{variant}"
     model_cfg = dict(channels=args.channels, lmax=args.lmax, parity=args.parity,
-                     correlation=args.correlation, num_layers=args.num_layers, r_max=5.0,
+                     correlation=args.correlation, num_layers=args.num_layers, r_max=args.r_max,
                      message_lmax=args.message_lmax, radial_hidden=args.radial_hidden,
                      product_mixing=args.product_mixing)
     config = config_from_dict({

@@ -17,7 +17,7 @@ from equipot.config import ModelConfig
 from equipot.data import Statistics, neighbor_list
 from equipot.model import EnergyModel, Potential, build_model, hidden_irreps
 from equipot.nn import LinearReadout, MLPReadout, ProductBasis, RadialEmbedding, make_gate
-from equipot.o3 import neighbour_slots
+from equipot.o3 import ChannelProduct, neighbour_slots
 
 from equivariance import (
     CARTESIAN, RANK2, Spec, check_equivariance, check_potential_equivariance, random_structure,
@@ -186,9 +186,10 @@ def test_gate(lmax, parity):
 
 
 def _e3nn_modules(module):
-    """(name, submodule) for every e3nn submodule with declared input/output irreps."""
+    """(name, submodule) for every e3nn submodule with declared input/output irreps, and our
+    node products (ChannelProduct, the same interface as e3nn's TensorProduct)."""
     for name, sub in module.named_modules():
-        if not type(sub).__module__.startswith("e3nn"):
+        if not (type(sub).__module__.startswith("e3nn") or isinstance(sub, ChannelProduct)):
             continue
         if hasattr(sub, "irreps_in1") or isinstance(sub, o3.SphericalHarmonics):
             yield name, sub

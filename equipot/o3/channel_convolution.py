@@ -66,7 +66,7 @@ class ChannelConvolution(nn.Module):
                 cg = o3.wigner_3j(ir1.l, self.irreps_sh[i_sh].ir.l, ir3.l, dtype=torch.float64) * sqrt(ir3.dim)
                 name = f"cg_{k}"
                 self.register_buffer(name, cg.to(torch.get_default_dtype()), persistent=False)
-                entries.append((k, in_slice, ir1.dim, i_out, ir3.dim, name))
+                entries.append((k, in_slice, ir1.dim, i_out, ir3.dim, name, _structure(cg)))
             self.groups.append((sh_slices[i_sh], entries))
         self.out_slices = self.irreps_out.slices()
 
@@ -81,30 +81,57 @@ class ChannelConvolution(nn.Module):
     ) -> torch.Tensor:  # (N, irreps_out.dim)
         n, e, u = x.shape[0], sh.shape[0], self.mul
         xs = x[edge_src]  # (E, irreps_in.dim): the only gather of features onto edges
-        w = weight.view(e, self.num_paths, u)
+        # one view per path: unbind's backward stacks the gradients, where slicing would fill a
+        # zero tensor of the weights' size per path
+        w = weight.view(e, self.num_paths, u).unbind(1)
         rows = n if table.rows is None else table.rows.shape[0]
         where = (table.edge_row, table.edge_slot)
         outputs: List[torch.Tensor] = [None] * len(self.out_slices)
         for sh_slice, entries in self.groups:
-            # per edge: w_p[u] · x_src[u, i] for every path of this harmonic, side by side
-            z = torch.cat([(w[:, k, :, None] * xs[:, s].view(e, u, d1)).reshape(e, u * d1)
-                           for k, s, d1, _, _, _ in entries], dim=1)
             y = sh[:, sh_slice]
             if y.shape[1] == 1:  # l2 = 0: a plain sum over the edges, no table needed
-                m = z.new_zeros(n, z.shape[1]).index_add(0, edge_dst, z * y).unsqueeze(1)
+                # Y_0 goes on the weights (E, u), not on the wider weighted features
+                z = torch.cat([((w[k] * y)[:, :, None] * xs[:, s].view(e, u, d1)).reshape(e, u * d1)
+                               for k, s, d1, _, _, _, _ in entries], dim=1)
+                m = z.new_zeros(n, z.shape[1]).index_add(0, edge_dst, z).unsqueeze(1)
                 if table.rows is not None:
                     m = m[table.rows]
             else:
+                # per edge: w_p[u] · x_src[u, i] for every path of this harmonic, side by side
+                z = torch.cat([(w[k][:, :, None] * xs[:, s].view(e, u, d1)).reshape(e, u * d1)
+                               for k, s, d1, _, _, _, _ in entries], dim=1)
                 padded_z = z.new_zeros(rows, table.num_slots, z.shape[1]).index_put(where, z)
                 padded_y = y.new_zeros(rows, table.num_slots, y.shape[1]).index_put(where, y)
                 m = torch.bmm(padded_y.transpose(1, 2), padded_z)  # (rows, j, Σ u·i)
             start = 0
-            for k, s, d1, i_out, d3, name in entries:
+            for k, s, d1, i_out, d3, name, (kind, c) in entries:
                 block = m[:, :, start:start + u * d1].reshape(rows, -1, u, d1)  # (rows, j, u, i)
                 start += u * d1
-                cg = getattr(self, name).to(x.dtype)  # (i, j, k)
-                outputs[i_out] = torch.einsum("rjui,ijk->ruk", block, cg).reshape(rows, u * d3)
+                if kind == "identity_left":  # l1 = 0: C[0, j, k] = c δ_jk
+                    out = block[..., 0].transpose(1, 2) * c
+                elif kind == "identity_right":  # l2 = 0: C[i, 0, k] = c δ_ik
+                    out = block[:, 0] * c
+                elif kind == "trace":  # l3 = 0, l1 = l2: C[i, j, 0] = c δ_ij
+                    out = torch.diagonal(block, dim1=1, dim2=3).sum(-1, keepdim=True) * c
+                else:
+                    out = torch.einsum("rjui,ijk->ruk", block, getattr(self, name).to(x.dtype))
+                outputs[i_out] = out.reshape(rows, u * d3)
         out = torch.cat(outputs, dim=1)
         if table.rows is not None:
             out = out.new_zeros(n, out.shape[1]).index_copy(0, table.rows, out)
         return out
+
+
+def _structure(cg: torch.Tensor) -> Tuple[str, float]:
+    """Which cheap contraction a (normalised) Clebsch–Gordan block (i, j, k) allows, and its
+    constant: a multiple of the identity in (j, k) when l1 = 0, in (i, k) when l2 = 0, in
+    (i, j) when l3 = 0; otherwise the general einsum."""
+    d1, d2, d3 = cg.shape
+    c = float(cg.flatten()[cg.flatten().abs().argmax()])
+    if d1 == 1 and torch.allclose(cg[0], c * torch.eye(d2, dtype=cg.dtype)):
+        return "identity_left", c
+    if d2 == 1 and torch.allclose(cg[:, 0], c * torch.eye(d1, dtype=cg.dtype)):
+        return "identity_right", c
+    if d3 == 1 and d1 == d2 and torch.allclose(cg[:, :, 0], c * torch.eye(d1, dtype=cg.dtype)):
+        return "trace", c
+    return "general", 1.0
