@@ -31,7 +31,10 @@ def machine(threads: int) -> dict:
 
 def commit() -> str:
     try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True).strip()
+        head = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True).strip()
+        # tracked files changed since that commit: the record does not name the code it ran
+        dirty = subprocess.check_output(["git", "status", "--porcelain", "-uno"], cwd=REPO, text=True).strip()
+        return head + ("-dirty" if dirty else "")
     except Exception:
         return "unknown"
 

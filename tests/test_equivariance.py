@@ -17,7 +17,7 @@ from equipot.config import ModelConfig
 from equipot.data import Statistics, neighbor_list
 from equipot.model import EnergyModel, Potential, build_model, hidden_irreps
 from equipot.nn import LinearReadout, MLPReadout, ProductBasis, RadialEmbedding, make_gate
-from equipot.o3 import ChannelProduct, neighbour_slots
+from equipot.o3 import neighbour_slots
 
 from equivariance import (
     CARTESIAN, RANK2, Spec, check_equivariance, check_potential_equivariance, random_structure,
@@ -186,10 +186,9 @@ def test_gate(lmax, parity):
 
 
 def _e3nn_modules(module):
-    """(name, submodule) for every e3nn submodule with declared input/output irreps, and our
-    node products (ChannelProduct, the same interface as e3nn's TensorProduct)."""
+    """(name, submodule) for every e3nn submodule with declared input/output irreps."""
     for name, sub in module.named_modules():
-        if not (type(sub).__module__.startswith("e3nn") or isinstance(sub, ChannelProduct)):
+        if not type(sub).__module__.startswith("e3nn"):
             continue
         if hasattr(sub, "irreps_in1") or isinstance(sub, o3.SphericalHarmonics):
             yield name, sub
@@ -228,7 +227,7 @@ def test_every_e3nn_submodule(potential, graph_inputs):
     kinds = {type(m).__name__ for _, m in _e3nn_modules(potential)}
     assert {"Linear", "FullyConnectedTensorProduct", "Gate", "SphericalHarmonics"} <= kinds
     assert any(".skip" in c for c in checked)
-    # the convolutions of scalar inputs and of l = 3 inputs are our own kernels (tested below, in
+    # the convolutions of inputs of one multiplicity are our own kernels (tested below, in
     # the whole layer, and against e3nn in test_o3.py)
     e3nn_convs = [layer for layer in potential.energy_model.layers
                   if not (layer.scalar_messages or layer.channel_messages)]

@@ -46,6 +46,30 @@ def test_resume_a_checkpoint_written_before_a_config_key_existed(io_config_dict,
         Trainer(config_from_dict(mixing), progress=False).run(resume=True)
 
 
+def test_resume_a_checkpoint_written_when_a_layer_used_e3nns_product(io_config_dict):
+    """Checkpoints from before a layer's edge product became our kernel hold e3nn's constants
+    (output mask, empty weight): they resume; a real unknown weight is refused clearly."""
+    import os
+
+    from equipot.train import CHECKPOINT
+    from equipot.train.checkpoint import load_checkpoint, save_checkpoint
+
+    values = io_config_dict("e3", max_epochs=1)
+    Trainer(config_from_dict(values), progress=False).run()
+    path = os.path.join(values["output_dir"], CHECKPOINT)
+    state = load_checkpoint(path)
+    state["model"]["energy_model.layers.1.conv.output_mask"] = torch.ones(8)
+    state["model"]["energy_model.layers.1.conv.weight"] = torch.zeros(0)
+    save_checkpoint(path, state)
+    result = Trainer(config_from_dict(io_config_dict("e3", max_epochs=2)), progress=False).run(resume=True)
+    assert result["epochs"] == 2
+    state = load_checkpoint(path)
+    state["model"]["energy_model.layers.1.conv.weight"] = torch.ones(3)
+    save_checkpoint(path, state)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        Trainer(config_from_dict(io_config_dict("e3", max_epochs=3)), progress=False).run(resume=True)
+
+
 def test_a_new_run_does_not_overwrite_an_old_one(io_config_dict):
     Trainer(config_from_dict(io_config_dict("o", max_epochs=1)), progress=False).run()
     with pytest.raises(ConfigError, match="--resume"):

@@ -126,3 +126,31 @@ def test_radial_network_is_e3nns_fully_connected_net(float64_without_einsum_sear
     g_ours, = torch.autograd.grad(ours(x).sin().sum(), x)
     g_ref, = torch.autograd.grad(reference(x).sin().sum(), x)
     torch.testing.assert_close(g_ours, g_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_channel_convolution_takes_the_cheap_contractions(float64_without_einsum_search):
+    """Paths with l1 = 0, l2 = 0 or l3 = 0 are contracted as a transpose, a copy or a trace
+    (their Clebsch–Gordan blocks are multiples of the identity); the others by einsum. The
+    shortcuts equal the einsum they replace."""
+    from math import sqrt
+
+    from equipot.o3.channel_convolution import _contract, _structure
+
+    for l1 in range(4):
+        for l2 in range(4):
+            for l3 in range(abs(l1 - l2), min(l1 + l2, 3) + 1):
+                cg = o3.wigner_3j(l1, l2, l3, dtype=torch.float64) * sqrt(2 * l3 + 1)
+                kind, c = _structure(cg)
+                expected = ("identity_left" if l1 == 0 else "identity_right" if l2 == 0
+                            else "trace" if l3 == 0 else "general")
+                assert kind == expected, (l1, l2, l3)
+                block = torch.randn(5, 2 * l2 + 1, 3, 2 * l1 + 1)
+                reference = torch.einsum("rjui,ijk->ruk", block, cg)
+                got = _contract(block, kind, c, torch.zeros_like(cg))  # the shortcuts never read C
+                if kind == "general":
+                    got = _contract(block, kind, c, cg)
+                torch.testing.assert_close(got, reference, rtol=1e-12, atol=1e-12)
+    irreps_in, sh = o3.Irreps("2x0e+2x0o+2x1o+2x1e"), o3.Irreps.spherical_harmonics(2)
+    mid, instructions = uvu_instructions(irreps_in, sh, [ir for _, ir in o3.Irreps("0e+0o+1o+1e+2e+2o")])
+    kinds = {entry[-1][0] for _, entries in ChannelConvolution(irreps_in, sh, mid, instructions).groups for entry in entries}
+    assert kinds == {"identity_left", "identity_right", "trace", "general"}

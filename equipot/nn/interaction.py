@@ -129,7 +129,8 @@ class Interaction(nn.Module):
         allowed = [ir for _, ir in irreps_hidden]
         irreps_mid, instructions = uvu_instructions(self.irreps_in, irreps_sh, allowed)
         # scalar inputs (the first layer, and every layer with message_lmax 0) take our
-        # neighbour-sum kernel; others e3nn's product followed by a sum over edges
+        # neighbour-sum kernel; inputs of mixed multiplicities (hidden_irreps never makes them)
+        # e3nn's product followed by a sum over edges
         one_mul = len({m for m, _ in self.irreps_in}) == 1
         self.scalar_messages = all(ir.l == 0 for _, ir in self.irreps_in) and one_mul
         # other inputs of one multiplicity take the kernel that contracts Clebsch–Gordan on atoms

@@ -49,7 +49,8 @@ class ChannelConvolution(nn.Module):
         in_slices, sh_slices = self.irreps_in.slices(), self.irreps_sh.slices()
         self.num_paths = len(instructions)
         self.weight_numel = self.num_paths * self.mul
-        # groups of paths sharing a harmonic block: (sh slice, [(path, input slice, d1, output, d3), ...])
+        # groups of paths sharing a harmonic block: (sh slice, [(path, input slice, d1, output, d3,
+        # name of the Clebsch–Gordan buffer, (contraction kind, constant)), ...])
         groups: dict = {}
         for k, (i_in, i_sh, i_out, *mode) in enumerate(instructions):
             if tuple(mode[:2]) != ("uvu", True):
@@ -107,14 +108,7 @@ class ChannelConvolution(nn.Module):
             for k, s, d1, i_out, d3, name, (kind, c) in entries:
                 block = m[:, :, start:start + u * d1].reshape(rows, -1, u, d1)  # (rows, j, u, i)
                 start += u * d1
-                if kind == "identity_left":  # l1 = 0: C[0, j, k] = c δ_jk
-                    out = block[..., 0].transpose(1, 2) * c
-                elif kind == "identity_right":  # l2 = 0: C[i, 0, k] = c δ_ik
-                    out = block[:, 0] * c
-                elif kind == "trace":  # l3 = 0, l1 = l2: C[i, j, 0] = c δ_ij
-                    out = torch.diagonal(block, dim1=1, dim2=3).sum(-1, keepdim=True) * c
-                else:
-                    out = torch.einsum("rjui,ijk->ruk", block, getattr(self, name).to(x.dtype))
+                out = _contract(block, kind, c, getattr(self, name).to(x.dtype))
                 outputs[i_out] = out.reshape(rows, u * d3)
         out = torch.cat(outputs, dim=1)
         if table.rows is not None:
@@ -135,3 +129,14 @@ def _structure(cg: torch.Tensor) -> Tuple[str, float]:
     if d3 == 1 and d1 == d2 and torch.allclose(cg[:, :, 0], c * torch.eye(d1, dtype=cg.dtype)):
         return "trace", c
     return "general", 1.0
+
+
+def _contract(block: torch.Tensor, kind: str, c: float, cg: torch.Tensor) -> torch.Tensor:
+    """Σ_ij C[i, j, k] block[r, j, u, i] -> (r, u, k), with the shortcut ``kind`` allows."""
+    if kind == "identity_left":  # l1 = 0: C[0, j, k] = c δ_jk
+        return block[..., 0].transpose(1, 2) * c
+    if kind == "identity_right":  # l2 = 0: C[i, 0, k] = c δ_ik
+        return block[:, 0] * c
+    if kind == "trace":  # l3 = 0, l1 = l2: C[i, j, 0] = c δ_ij
+        return torch.diagonal(block, dim1=1, dim2=3).sum(-1, keepdim=True) * c
+    return torch.einsum("rjui,ijk->ruk", block, cg)

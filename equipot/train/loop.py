@@ -23,6 +23,7 @@ from ..data import GraphLoader
 from ..data.statistics import Statistics
 from ..model import build_model, save_model
 from .augment import random_rotations, rotate_graph
+from ..model.model_file import _constant
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .ema import EMA
 from .history import write_history
@@ -139,7 +140,14 @@ class Trainer:
         }
 
     def _load_state(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        # a checkpoint written while a layer used an e3nn product holds that product's constants
+        # (output masks, an empty weight); the kernel that replaced it rebuilds what it needs
+        current = self.model.state_dict()
+        saved = {k: v for k, v in state["model"].items() if k in current or not _constant(k, v, current)}
+        try:
+            self.model.load_state_dict(saved)
+        except RuntimeError as err:
+            raise CheckpointError(f"the checkpoint's weights do not fit the model of this config: {err}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler:
             self.scheduler.load_state_dict(state["scheduler"])
