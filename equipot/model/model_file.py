@@ -93,7 +93,7 @@ def load_model(path: str, dtype: Optional[torch.dtype] = None, device: str = "cp
     parameters = dict(model.named_parameters())
     if int(metadata["format_version"]) == 2:  # parameters, and constants that are rebuilt instead
         buffers = dict(model.named_buffers(remove_duplicate=False))  # shared modules under every name
-        tensors = {k: v for k, v in tensors.items() if k in parameters or not _constant(k, v, buffers)}
+        tensors = {k: v for k, v in tensors.items() if k in parameters or not rebuilt_constant(k, v, buffers)}
     missing = sorted(set(parameters) - set(tensors))
     unexpected = sorted(set(tensors) - set(parameters))
     if missing or unexpected:
@@ -111,7 +111,7 @@ def load_model(path: str, dtype: Optional[torch.dtype] = None, device: str = "cp
     return model.to(device).eval()
 
 
-def _constant(name: str, value: torch.Tensor, buffers: dict) -> bool:
+def rebuilt_constant(name: str, value: torch.Tensor, buffers: dict) -> bool:
     """Whether a format 2 tensor that is not a parameter is a constant the model rebuilds: a
     buffer of the rebuilt model, an e3nn constant (masks, Clebsch–Gordan blocks of a product
     since replaced by our own kernel), or the empty weight of a product without weights."""

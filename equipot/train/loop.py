@@ -22,8 +22,8 @@ from ..config import Config, ConfigError, _from_dict
 from ..data import GraphLoader
 from ..data.statistics import Statistics
 from ..model import build_model, save_model
+from ..model.model_file import rebuilt_constant
 from .augment import random_rotations, rotate_graph
-from ..model.model_file import _constant
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .ema import EMA
 from .history import write_history
@@ -143,7 +143,7 @@ class Trainer:
         # a checkpoint written while a layer used an e3nn product holds that product's constants
         # (output masks, an empty weight); the kernel that replaced it rebuilds what it needs
         current = self.model.state_dict()
-        saved = {k: v for k, v in state["model"].items() if k in current or not _constant(k, v, current)}
+        saved = {k: v for k, v in state["model"].items() if k in current or not rebuilt_constant(k, v, current)}
         try:
             self.model.load_state_dict(saved)
         except RuntimeError as err:
