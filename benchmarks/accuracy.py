@@ -118,6 +118,8 @@ def main() -> None:
     p.add_argument("--scheduler", default="plateau", choices=["plateau", "budget"],
                    help="plateau: ×0.8 after 10 epochs without progress; budget: cosine to 0 over the budget")
     p.add_argument("--forces-weight", type=float, default=100.0, help="loss weight of the forces (energy per atom: 1)")
+    p.add_argument("--compile", action="store_true",
+                   help="training.compile: trace and compile the training step (its compile counts against the budget)")
     p.add_argument("--variant", default=None)
     p.add_argument("--seed", type=int, default=1234, help="seeds the validation split and the initial weights")
     p.add_argument("--out", default=None, help="training output folder (default runs/<dataset>)")
@@ -130,6 +132,10 @@ def main() -> None:
     # the record names the training command; --eval-only re-evaluates that same run
     sys.argv = [x for x in sys.argv if x not in ("--eval-only", "--resume")]
     torch.set_num_threads(args.threads)
+    if args.compile:  # a cold compile, paid inside the budget: no code cached by an earlier run
+        from torch._inductor import config as inductor_config
+
+        inductor_config.force_disable_caches = True
     spec = DATASETS[args.dataset]
     variant = args.variant or (
         f"lmax{args.lmax}-{args.parity}-c{args.channels}-nu{args.correlation}"
@@ -140,6 +146,7 @@ def main() -> None:
         + ("" if args.n_train is None else f"-n{args.n_train}")
         + ("" if args.scheduler == "plateau" else f"-{args.scheduler}")
         + ("" if args.seed == 1234 else f"-seed{args.seed}")
+        + ("-compiled" if args.compile else "")
     )
     n_train = spec["n_train"] if args.n_train is None else args.n_train
     out_dir = args.out or f"runs/{args.dataset}-{variant}"
@@ -156,7 +163,8 @@ def main() -> None:
         "training": {"dtype": args.dtype, "threads": args.threads, "batch_size": args.batch_size,
                      "lr": args.lr, "max_epochs": 100000, "max_minutes": args.budget_minutes,
                      "patience": 100000, "scheduler": args.scheduler, "lr_patience": 10, "lr_factor": 0.8,
-                     "ema_decay": 0.99, "loss": {"energy": 1.0, "forces": args.forces_weight}},
+                     "ema_decay": 0.99, "loss": {"energy": 1.0, "forces": args.forces_weight},
+                     "compile": args.compile},
     }, "benchmark config")
     if not args.eval_only:
         Trainer(config, progress=False).run(resume=args.resume and Path(out_dir, CHECKPOINT).exists())

@@ -106,9 +106,12 @@ def speed(args) -> None:
         if args.models and label not in args.models:
             continue
         path = equipot_model(label, settings)
+        if args.compile:
+            label += ", compiled"
         results[label] = [run_json([sys.executable, str(REPO / "benchmarks" / "speed.py"), path, "--one", "--threads",
                                     str(args.threads), "--dtype", args.dtype, "--sizes", str(n), "--repeats",
-                                    str(args.repeats)], env) for n in args.sizes]
+                                    str(args.repeats)] + (["--compile"] if args.compile else []), env)
+                          for n in args.sizes]
         print(label, [round(r.get("us_per_atom", float("nan")), 1) for r in results[label]], flush=True)
     versions = {}
     for peer in args.peers:
@@ -141,6 +144,8 @@ def speed(args) -> None:
                 notes.append(f"{n} atoms: {r['error']}")
                 continue
             cells.append(f"{r['us_per_atom']:.0f} µs · {r['peak_mb']:.0f} MB")
+            if label.endswith(", compiled") and r.get("first_call_s"):  # the trace and compile, not timed above
+                notes.append(f"{n} atoms: first call (compile) {r['first_call_s']:.0f} s")
             base = {"model": label.split()[0].lower(), "variant": label, "dataset": "acac-box", "dtype": args.dtype,
                     "n_atoms": r["n_atoms"], "threads": args.threads}
             records += [{**base, "metric": "throughput", "value": round(r["us_per_atom"], 2), "unit": "us/atom/step"},
@@ -330,6 +335,8 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=None, choices=sorted(EQUIPOT_MODELS),
                    help="equipot models to time (default all)")
     p.add_argument("--tag", default="", help="suffix of the output name (keeps another machine's table)")
+    p.add_argument("--compile", action="store_true",
+                   help="equipot through EquipotCalculator(compile=True) (the compile, at the first call, is not timed)")
     args = p.parse_args()
     speed(args) if args.kind == "speed" else train(args)
 

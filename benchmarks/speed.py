@@ -70,19 +70,21 @@ def acac_box(n_molecules: int, seed: int = 0):
     return Atoms(np.concatenate(numbers), np.concatenate(placed) % length, cell=[length] * 3, pbc=True)
 
 
-def measure(model: str, n_atoms: int, threads: int, dtype: str, repeats: int) -> dict:
+def measure(model: str, n_atoms: int, threads: int, dtype: str, repeats: int, compile: bool = False) -> dict:
     import torch
 
     from equipot import EquipotCalculator
 
     torch.set_num_threads(threads)
     atoms = acac_box(max(1, n_atoms // 15))
-    atoms.calc = EquipotCalculator(model, dtype=dtype)
-    times = []
+    atoms.calc = EquipotCalculator(model, dtype=dtype, compile=compile)
+    times, first = [], None
     for k in range(repeats + 2):
         atoms.positions += 1e-4  # a new geometry each call, as in MD
         t = time.perf_counter()
         atoms.get_forces()
+        if k == 0:
+            first = time.perf_counter() - t  # with compile: the trace and the compile
         if k >= 2:
             times.append(time.perf_counter() - t)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -94,7 +96,7 @@ def measure(model: str, n_atoms: int, threads: int, dtype: str, repeats: int) ->
 
     n_edges = len(neighbor_list(atoms.positions, np.array(atoms.cell), atoms.pbc, 5.0)[0])
     return {"n_atoms": len(atoms), "latency_ms": 1000 * median, "us_per_atom": 1e6 * median / len(atoms),
-            "peak_mb": peak_mb, "neighbors_5A": n_edges / len(atoms), "gflop": gflop}
+            "peak_mb": peak_mb, "neighbors_5A": n_edges / len(atoms), "gflop": gflop, "first_call_s": first}
 
 
 def main() -> None:
@@ -105,15 +107,16 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[15, 120, 960])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--tag", default="equipot")
+    p.add_argument("--compile", action="store_true", help="EquipotCalculator(compile=True); the compile is not timed")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child process
     args = p.parse_args()
     if args.one:
-        print(json.dumps(measure(args.model, args.sizes[0], args.threads, args.dtype, args.repeats)))
+        print(json.dumps(measure(args.model, args.sizes[0], args.threads, args.dtype, args.repeats, args.compile)))
         return
     records, rows = [], []
     for n in args.sizes:
         cmd = [sys.executable, __file__, args.model, "--one", "--threads", str(args.threads), "--dtype", args.dtype,
-               "--sizes", str(n), "--repeats", str(args.repeats)]
+               "--sizes", str(n), "--repeats", str(args.repeats)] + (["--compile"] if args.compile else [])
         r = json.loads(subprocess.check_output(cmd, text=True).strip().splitlines()[-1])
         rows.append(r)
         base = {"model": "equipot", "variant": args.tag, "dataset": "acac-box", "dtype": args.dtype,

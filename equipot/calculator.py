@@ -9,6 +9,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from .data.configuration import Configuration, to_graph
 from .model import Potential, load_model
+from .model.compiled import CompiledPotential
 
 
 class EquipotCalculator(Calculator):
@@ -19,6 +20,10 @@ class EquipotCalculator(Calculator):
     dipoles for open ones only. Every typed output of the model (``charges``, ``dipole``,
     ``chirality``, ...) is a property under its own name. The total charge of a structure
     is ``total_charge`` if given here, else ``atoms.info["total_charge"]``, else 0.
+
+    ``compile=True`` evaluates through a traced and compiled graph (:mod:`equipot.model.compiled`):
+    faster steps after a compile of a minute or two at the first call (and at the first call with
+    a structure that needs another graph: periodic after open, say). Not for long-range models.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
@@ -29,6 +34,7 @@ class EquipotCalculator(Calculator):
         device: str = "cpu",
         dtype: Optional[str] = None,
         total_charge: Optional[float] = None,
+        compile: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -39,6 +45,7 @@ class EquipotCalculator(Calculator):
         elif torch_dtype is not None:
             model = model.to(dtype=torch_dtype)
         self.model = model.to(device).eval()
+        self.evaluate = CompiledPotential(self.model, inference=True) if compile else self.model
         self.device = device
         self.dtype = self.model.dtype
         self.r_max = model.model_config.r_max
@@ -68,7 +75,7 @@ class EquipotCalculator(Calculator):
             total_charge=total_charge,
         )
         graph = to_graph(config, self.r_max).to(self.device, self.dtype)
-        out = self.model(graph)
+        out = self.evaluate(graph)
         energy = float(out["energy"][0].detach())
         self.results = {
             "energy": energy,

@@ -98,6 +98,10 @@ class CartesianEnergyModel(ShiftedEnergies):
         )
         self._init_shift(atomic_shift, atomic_scale)
 
+    @staticmethod
+    def edge_layout(edge_vec, edge_src, edge_dst, num_nodes) -> None:
+        return None
+
     def forward(
         self,
         species: torch.Tensor,
@@ -105,11 +109,13 @@ class CartesianEnergyModel(ShiftedEnergies):
         edge_src: torch.Tensor,
         edge_dst: torch.Tensor,
         layer_edges: Optional[List[torch.Tensor]] = None,
+        layout=None,  # unused: this network reads no edge layout
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         length = torch.linalg.norm(edge_vec, dim=-1)
         envelope = self.radial.envelope(length)  # computed once: it also ends the filters at r_max
         edge_input = torch.cat([self.radial.basis(length) * envelope.unsqueeze(-1), edge_vec / self.r_max], dim=-1)
-        h = self.embedding(torch.nn.functional.one_hot(species, self.num_species).to(edge_vec.dtype))
+        onehot = species[:, None] == torch.arange(self.num_species, device=species.device)
+        h = self.embedding(onehot.to(edge_vec.dtype))
         out = torch.zeros(species.shape[0], dtype=edge_vec.dtype, device=edge_vec.device)
         for t, (layer, readout) in enumerate(zip(self.layers, self.readouts)):
             idx = None if layer_edges is None else layer_edges[t]

@@ -1,13 +1,13 @@
 """The equivariant network: species and edge vectors in, per-atom energies out."""
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from e3nn import o3
 from torch import nn
 
 from ..graph import mirrored_half
-from ..o3 import neighbour_slots
+from ..o3 import NeighbourTable, neighbour_slots
 from ..nn import Interaction, LinearReadout, MLPReadout, RadialEmbedding
 
 
@@ -26,6 +26,18 @@ def hidden_irreps(channels: int, lmax: int, parity: str) -> o3.Irreps:
             irreps.append((channels, (l, -natural)))
     scalars = [x for x in irreps if x[1][0] == 0]
     return o3.Irreps(scalars + [x for x in irreps if x[1][0] > 0])
+
+
+class EdgeLayout(NamedTuple):
+    """What the network reads off the edge list before any arithmetic (data-dependent work,
+    kept apart so that the arithmetic can be traced with symbolic sizes: equipot.model.compiled).
+
+    ``mirrored``: the second half of the edges reverses the first (:func:`mirrored_half`);
+    ``table``: each edge's place in the padded per-atom neighbour table.
+    """
+
+    mirrored: bool
+    table: NeighbourTable
 
 
 class ShiftedEnergies(nn.Module):
@@ -130,8 +142,12 @@ class EnergyModel(ShiftedEnergies):
         edge_src: torch.Tensor,
         edge_dst: torch.Tensor,
         layer_edges: Optional[List[torch.Tensor]] = None,
+        layout: Optional[EdgeLayout] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-atom energies (N,) float64 eV, and the last layer's features (N, irreps_features.dim).
+
+        ``layout`` (default: worked out here, :meth:`edge_layout`) is for callers that trace the
+        network; it must be the layout of these edges.
 
         ``layer_edges`` (one index tensor per layer, default: all edges in every layer) lets a
         caller that needs the energies of some atoms only skip the edges into atoms whose
@@ -139,22 +155,24 @@ class EnergyModel(ShiftedEnergies):
         features of the atoms it cares about are unchanged, the others' are not meaningful.
         """
         dtype = edge_vec.dtype
-        onehot = torch.nn.functional.one_hot(species, self.num_species).to(dtype)
+        if layout is None and layer_edges is None:
+            layout = self.edge_layout(edge_vec, edge_src, edge_dst, species.shape[0])
+        # a comparison, not one_hot, which reads the largest index back (a graph break when traced)
+        onehot = (species[:, None] == torch.arange(self.num_species, device=species.device)).to(dtype)
         # with mirrored edge halves the functions of the length (radial basis and the layers'
         # radial networks) are computed for one edge of each pair, and Y(-r) = (-1)^l Y(r)
-        half = mirrored_half(edge_vec, edge_src, edge_dst) if layer_edges is None else None
-        vec = edge_vec if half is None else edge_vec[:half]
+        mirrored = layer_edges is None and layout.mirrored
+        vec = edge_vec[: edge_vec.shape[0] // 2] if mirrored else edge_vec
         edge_sh = self.sh(vec)
         edge_radial = self.radial(torch.linalg.norm(vec, dim=-1))
-        if half is not None:
+        if mirrored:
             edge_sh = torch.cat([edge_sh, edge_sh * self.sh_parity.to(edge_sh.dtype)])
-        table = neighbour_slots(edge_dst, species.shape[0]) if layer_edges is None else None
+        table = layout.table if layer_edges is None else None
         h = self.embedding(onehot)
         out = torch.zeros(species.shape[0], dtype=dtype, device=edge_vec.device)
         for t, (layer, readout) in enumerate(zip(self.layers, self.readouts)):
             if layer_edges is None:
-                h = layer(h, onehot, species, edge_sh, edge_radial, edge_src, edge_dst, table,
-                          mirrored=half is not None)
+                h = layer(h, onehot, species, edge_sh, edge_radial, edge_src, edge_dst, table, mirrored=mirrored)
             else:
                 idx = layer_edges[t]
                 dst = edge_dst[idx]
@@ -162,3 +180,11 @@ class EnergyModel(ShiftedEnergies):
                           neighbour_slots(dst, species.shape[0]))
             out = out + readout(h)
         return self._energies(species, out), h
+
+    @staticmethod
+    def edge_layout(edge_vec: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor,
+                    num_nodes: int) -> EdgeLayout:
+        """The :class:`EdgeLayout` of these edges (reads the edge list back: not traceable)."""
+        with torch.no_grad():
+            mirrored = mirrored_half(edge_vec, edge_src, edge_dst) is not None
+        return EdgeLayout(mirrored, neighbour_slots(edge_dst, num_nodes))

@@ -1,6 +1,6 @@
 """Energies and their derivatives for a batch of structures, in one autograd pass."""
 
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 from ase.data import chemical_symbols
@@ -16,6 +16,14 @@ from .outputs import TypedOutputs
 
 class UnknownElementError(ValueError):
     pass
+
+
+class GraphLayout(NamedTuple):
+    """What :meth:`Potential.layout` reads off a batch before the arithmetic: species indices
+    (after the check for unknown elements) and the energy model's edge layout."""
+
+    species: torch.Tensor
+    edges: Any  # the energy model's edge_layout(...), or None
 
 
 class Potential(nn.Module):
@@ -71,28 +79,43 @@ class Potential(nn.Module):
 
     def forward(self, graph: AtomicGraph, training: bool = False) -> Dict[str, torch.Tensor]:
         """``training=True`` keeps the graph of the derivatives for a loss on forces/stress."""
+        return self.evaluate(graph, self.layout(graph), training)
+
+    def layout(self, graph: AtomicGraph) -> GraphLayout:
+        """The checks and index work that read a batch's values back (see :meth:`evaluate`)."""
         species = self.species_index(graph.numbers)
+        with torch.no_grad():
+            vec = edge_vectors(graph.positions, graph.cell, graph.node_graph, graph.edge_src, graph.edge_dst,
+                               graph.edge_shift)
+        return GraphLayout(species, self.energy_model.edge_layout(vec, graph.edge_src, graph.edge_dst, graph.n_atoms))
+
+    def evaluate(self, graph: AtomicGraph, layout: GraphLayout, training: bool = False) -> Dict[str, torch.Tensor]:
+        """:meth:`forward` given the batch's :meth:`layout`: arithmetic only, with no value read
+        back and sizes taken from tensor shapes, so that it can be traced for any batch size
+        (:mod:`equipot.model.compiled`)."""
         positions = graph.positions.detach().requires_grad_(True)
-        displacement, strain = symmetric_strain(graph.n_graphs, positions.dtype, positions.device)
+        n_graphs = graph.cell.shape[0]
+        displacement, strain = symmetric_strain(n_graphs, positions.dtype, positions.device)
         pos, cell = apply_strain(positions, graph.cell, strain, graph.node_graph)
         vec = edge_vectors(pos, cell, graph.node_graph, graph.edge_src, graph.edge_dst, graph.edge_shift)
-        energies, features = self.energy_model(species, vec, graph.edge_src, graph.edge_dst)
+        energies, features = self.energy_model(layout.species, vec, graph.edge_src, graph.edge_dst,
+                                               layout=layout.edges)
         extra = {}
         if self.outputs is not None:
             extra = self.outputs(
-                features, pos, graph.numbers, graph.node_graph, graph.n_graphs, graph.total_charge,
+                features, pos, graph.numbers, graph.node_graph, n_graphs, graph.total_charge,
                 graph.pbc.any(dim=1),
             )
         if self.long_range is not None:  # electrostatics of the learnt charges, part of the energy
             # the model's own pairs (within r_max) let PME run on a coarser mesh (range split)
             pairs = (graph.edge_src, graph.edge_dst, vec)
-            e_long = self.long_range(extra[self.charges_name], pos, cell, graph.pbc, graph.node_graph, graph.n_graphs, pairs)
+            e_long = self.long_range(extra[self.charges_name], pos, cell, graph.pbc, graph.node_graph, n_graphs, pairs)
             e_long = e_long.to(torch.float64)
             energies = energies + e_long
             extra["energies_long_range"] = e_long
-            extra["energy_long_range"] = torch.zeros(graph.n_graphs, dtype=e_long.dtype, device=e_long.device).index_add(
+            extra["energy_long_range"] = torch.zeros(n_graphs, dtype=e_long.dtype, device=e_long.device).index_add(
                 0, graph.node_graph, e_long)
-        energy = torch.zeros(graph.n_graphs, dtype=energies.dtype, device=energies.device)
+        energy = torch.zeros(n_graphs, dtype=energies.dtype, device=energies.device)
         energy = energy.index_add(0, graph.node_graph, energies)
         extra.update(self._born_charges(extra, positions, graph.node_graph, training))
         grad_pos, grad_strain = torch.autograd.grad(

@@ -22,6 +22,7 @@ from ..config import Config, ConfigError, _from_dict
 from ..data import GraphLoader
 from ..data.statistics import Statistics
 from ..model import build_model, save_model
+from ..model.compiled import CompiledPotential
 from ..model.model_file import rebuilt_constant
 from .augment import random_rotations, rotate_graph
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -69,6 +70,8 @@ class Trainer:
         else:
             self.stats = training_statistics(self.config, self.splits.train)
         self.model = build_model(self.config.model, self.stats, self.dtype).to(self.device)
+        # what evaluates a batch: the model, or (training.compile) its traced and compiled graph
+        self.evaluate = self.model if not t.compile else CompiledPotential(self.model)
         self.optimizer = self._optimizer()
         self.scheduler = self._scheduler()
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay else None
@@ -180,7 +183,7 @@ class Trainer:
                 graph = graph.to(self.device, self.dtype)
                 if self.config.training.augment_rotations:
                     graph = self._rotated(graph, n)
-                terms = squared_error_terms(self.model(graph, training=True), graph, weights)
+                terms = squared_error_terms(self.evaluate(graph, training=True), graph, weights)
                 loss = combine(terms, self._global_counts(terms), weights)
                 loss.backward()
             # the loss of the global batch (the processes' parts summed) rides with the gradients
@@ -209,7 +212,7 @@ class Trainer:
             if graph is None:
                 continue
             graph = graph.to(self.device, self.dtype)
-            pred = self.model(graph)
+            pred = self.evaluate(graph)
             for name, (sq, count) in squared_error_terms(pred, graph, weights).items():
                 s, c = sums.get(name, (0.0, 0.0))
                 sums[name] = (s + float(sq.detach()), c + float(count))
@@ -245,6 +248,8 @@ class Trainer:
         budget_s = 60 * t.max_minutes if t.max_minutes is not None else math.inf
         fraction = self._elapsed(start, elapsed_before) / budget_s
         self._budget_pace = (fraction, 0.0)  # the first epoch's pace is not known yet
+        if t.compile and self.progress:
+            tqdm.write("training.compile: the first step traces and compiles the model (a minute or two)")
         while self.epoch < t.max_epochs:
             if t.scheduler == "budget" and fraction >= 1.0:
                 stop_reason = "wall_clock"  # a resumed run whose budget was already spent
@@ -302,7 +307,7 @@ class Trainer:
 # settings that may change when a run is resumed; any other change would make the resumed
 # run a different run from the one the checkpoint belongs to
 RESUME_MAY_CHANGE = {"output_dir", "training.max_epochs", "training.max_minutes", "training.patience",
-                     "training.threads", "training.device"}
+                     "training.threads", "training.device", "training.compile"}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -1,0 +1,153 @@
+"""A :class:`~equipot.model.Potential` traced into one flat graph of tensor operations and
+compiled with ``torch.compile``.
+
+Why. On a CPU a training step of a small model on a small batch is thousands of separate tensor
+operations (the network, the pass that takes the forces, and the backward pass of a loss on
+those forces), and their dispatch, not their arithmetic, sets its time. ``torch.compile`` cannot
+take the step as written: the forces come from ``torch.autograd.grad`` inside the model, and a
+force loss differentiates them again (a double backward, which AOTAutograd does not support).
+So the energy *and its derivatives* are first traced with ``make_fx``: the derivative pass turns
+into ordinary operations of one graph (energy, forces, virial, stress and the typed outputs as
+functions of positions and weights), whose own backward, the gradient of a loss, is a first
+derivative again. Inductor then fuses that graph into a few generated C++ loops.
+
+The trace takes the weights as inputs, so the optimizer's updates (and the EMA weights swapped in
+for validation) are seen without retracing, and it uses symbolic sizes, so one compiled graph
+serves batches of any number of atoms, edges and structures. What the arithmetic cannot trace
+(the check for unknown elements, the neighbour table, whether the edges come in mirrored halves)
+is done eagerly per batch by :meth:`Potential.layout`. A new graph is traced and compiled for each
+kind of batch that needs different operations (edges mirrored or not; some atoms without
+neighbours) and for each dtype and device; torch.compile itself compiles again for a batch of one
+structure (a lone structure at inference is evaluated in a batch with an empty one, and a lone
+structure in training by the eager model). Each compile costs a minute or two on one CPU core.
+
+The results equal the eager model's to rounding (tests/test_compiled.py: float64, values and
+the gradients of a force loss).
+"""
+
+from dataclasses import replace
+from typing import Dict, List, Tuple
+
+import torch
+from torch import nn
+from torch.fx.experimental import _config as fx_config
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from ..graph import AtomicGraph
+from ..o3 import NeighbourTable
+from .energy_model import EdgeLayout
+from .potential import GraphLayout, Potential
+
+
+class _Evaluate(nn.Module):
+    """``Potential.evaluate`` as a module's forward, for ``torch.func.functional_call``."""
+
+    def __init__(self, potential: Potential, backend: str = "inductor"):
+        super().__init__()
+        self.potential = potential
+
+    def forward(self, graph: AtomicGraph, layout: GraphLayout) -> Dict[str, torch.Tensor]:
+        return self.potential.evaluate(graph, layout, training=True)
+
+
+class CompiledPotential:
+    """Calls like the potential (``compiled(graph, training=...)``), through compiled graphs.
+
+    The weights are read from ``potential`` at every call. For training (the default) the
+    results stay differentiable with respect to the weights whatever ``training`` says, so one
+    graph serves training steps and validation; with ``inference=True`` the graph runs without
+    autograd (forces, stress and the rest are explicit operations of the trace, so nothing is
+    lost) and keeps nothing for a backward pass: for MD and evaluation.
+    """
+
+    def __init__(self, potential: Potential, inference: bool = False, backend: str = "inductor"):
+        if potential.long_range is not None:
+            raise ValueError("compiled evaluation does not support long-range models yet (the Ewald and PME "
+                             "meshes depend on the cell's values); train them without compile")
+        self.potential, self.inference, self.backend = potential, inference, backend
+        self._evaluate = _Evaluate(potential)
+        self._graphs: Dict[tuple, Tuple[object, List[str]]] = {}
+
+    def __call__(self, graph: AtomicGraph, training: bool = False) -> Dict[str, torch.Tensor]:
+        padded = graph.n_graphs == 1 and self.inference
+        if graph.n_graphs == 1 and not self.inference:
+            # a lone structure in training (the last, short batch of an epoch): Inductor's
+            # generated code for sums into a one-structure batch is unreliable on several
+            # threads (see _with_empty_structure), and padding it would put 0/0 of an empty
+            # structure into the backward pass; the eager model is exact and this is rare
+            return self.potential(graph, training=training)
+        if padded:
+            graph = _with_empty_structure(graph)
+        out = self._call(graph)
+        if padded:  # drop the empty structure's per-structure results
+            for name in self._per_structure_names():
+                if name in out:
+                    out[name] = out[name][:1]
+        return out
+
+    def _per_structure_names(self) -> List[str]:
+        fields = self.potential.output_fields
+        return ["energy", "virial", "stress"] + [n for n, f in fields.items() if f.level == "graph"]
+
+    def _call(self, graph: AtomicGraph) -> Dict[str, torch.Tensor]:
+        layout = self.potential.layout(graph)
+        edges: EdgeLayout = layout.edges
+        table = None if edges is None else edges.table
+        rows = table is not None and table.rows is not None
+        slots = 0 if table is None else table.num_slots
+        # sizes of 0 and 1 are traced as constants (as torch.compile does): a batch of one
+        # structure, or of one atom, or without edges, gets graphs of its own
+        sizes = tuple(min(n, 2) for n in (graph.n_graphs, graph.n_atoms, graph.edge_src.shape[0], slots))
+        key = (edges is not None, edges is not None and edges.mirrored, rows, sizes, graph.positions.dtype,
+               graph.positions.device)
+        tensors = [graph.positions, graph.numbers, graph.cell, graph.pbc, graph.node_graph, graph.edge_src,
+                   graph.edge_dst, graph.edge_shift, graph.total_charge, layout.species]
+        if table is not None:
+            tensors += [table.edge_row, table.edge_slot] + ([table.rows] if rows else [])
+        named = dict(self._evaluate.named_parameters())
+        named.update(self._evaluate.named_buffers())
+        # no duck sizing: sizes that happen to be equal in one batch (3 structures and the 3 of
+        # a cell's rows, say) must stay distinct symbols, or the trace would tie them together
+        with fx_config.patch(use_duck_shape=False):
+            if key not in self._graphs:
+                with torch.enable_grad():  # the trace takes the derivatives with autograd
+                    self._graphs[key] = self._compile(key, named, tensors, slots)
+            function, names = self._graphs[key]
+            with torch.set_grad_enabled(not self.inference and torch.is_grad_enabled()):
+                return dict(zip(names, function(named, tensors, slots)))
+
+    def _compile(self, key: tuple, named: Dict[str, torch.Tensor], tensors: List[torch.Tensor], slots: int):
+        has_table, mirrored, rows = key[:3]
+        names: List[str] = []
+
+        def traced(weights, tensors, slots):
+            positions, numbers, cell, pbc, node_graph, src, dst, shift, charge, species = tensors[:10]
+            graph = AtomicGraph(positions=positions, numbers=numbers, cell=cell, pbc=pbc, node_graph=node_graph,
+                                edge_src=src, edge_dst=dst, edge_shift=shift, n_graphs=cell.shape[0],
+                                targets={}, total_charge=charge)
+            edges = None
+            if has_table:
+                table = NeighbourTable(tensors[10], tensors[11], slots, tensors[12] if rows else None)
+                edges = EdgeLayout(mirrored, table)
+            out = torch.func.functional_call(self._evaluate, weights, (graph, GraphLayout(species, edges)))
+            names[:] = sorted(out)
+            return [out[k] for k in names]
+
+        detached = {k: v.detach() for k, v in named.items()}
+
+        graph_module = make_fx(traced, tracing_mode="symbolic")(detached, tensors, slots)
+        return torch.compile(graph_module, backend=self.backend, dynamic=True, fullgraph=True), names
+
+
+def _with_empty_structure(graph: AtomicGraph) -> AtomicGraph:
+    """The batch with an empty open structure appended (no atoms, so every other result is
+    unchanged). Inference on one structure goes through a batch of two: traced with one, the
+    per-structure sums are sums into tensors of size 1, for which Inductor (torch 2.13, CPU,
+    more than one thread) fails to generate code; one graph then also serves all batch sizes."""
+    return replace(
+        graph,
+        cell=torch.cat([graph.cell, graph.cell.new_zeros(1, 3, 3)]),
+        pbc=torch.cat([graph.pbc, graph.pbc.new_zeros(1, 3)]),
+        total_charge=torch.cat([graph.total_charge, graph.total_charge.new_zeros(1)]),
+        n_graphs=graph.n_graphs + 1,
+    )
