@@ -53,7 +53,7 @@ def _md(args) -> None:
         torch.set_num_threads(args.threads)
     result = run_md(args.model, args.structure, args.out, ensemble=args.ensemble, timestep_fs=args.timestep_fs,
                     temperature_K=args.temperature_K, steps=args.steps, interval=args.interval, dtype=args.dtype,
-                    total_charge=args.total_charge)
+                    total_charge=args.total_charge, compile=args.compile)
     print(f"trajectory: {result.trajectory}\nlog: {result.log}")
     if result.energy_drift_meV_per_atom is not None:
         print(f"NVE energy drift: {result.energy_drift_meV_per_atom:.4f} meV/atom "
@@ -127,6 +127,8 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--dtype", choices=["float32", "float64"])
     m.add_argument("--threads", type=int)
     m.add_argument("--out", default="md")
+    m.add_argument("--compile", action="store_true",
+                   help="trace and compile the model first (a minute or two): faster steps for long runs")
     m.set_defaults(func=_md)
 
     c = sub.add_parser("convert", help="store a data file as HDF5 for training that reads structures on demand")
