@@ -44,19 +44,24 @@ def train_step(args):
         "output_dir": str(REPO / "runs" / "profile-train"), "seed": 1,
         "data": {"train": str(DATA / "acac/train_300K.xyz"), "valid_fraction": 0.1, "max_train": 100,
                  "e0s": str(DATA / "acac/isolated_atoms.xyz"), "keys": {"energy": "energy", "forces": "forces"}},
-        "model": {"lmax": args.lmax, "channels": args.channels},
+        "model": {"lmax": args.lmax, "channels": args.channels, "product_mixing": args.product_mixing},
         "training": {"threads": args.threads, "batch_size": args.batch_size, "dtype": args.dtype},
     }, "profile config")
     trainer = Trainer(config, progress=False)
     trainer._setup(resume=False, overwrite=True)
     graphs = [g.to("cpu", getattr(torch, args.dtype)) for g in trainer.train_loader]
+    evaluate = trainer.model
+    if args.compile:
+        from equipot.model.compiled import CompiledPotential
+
+        evaluate = CompiledPotential(trainer.model)
     weights, count = config.training.loss, [0]
 
     def step():
         graph = graphs[count[0] % len(graphs)]
         count[0] += 1
         trainer.optimizer.zero_grad(set_to_none=True)
-        terms = squared_error_terms(trainer.model(graph, training=True), graph, weights)
+        terms = squared_error_terms(evaluate(graph, training=True), graph, weights)
         combine(terms, trainer._global_counts(terms), weights).backward()
         trainer.optimizer.step()
         if trainer.ema:
@@ -77,6 +82,9 @@ def main() -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--rows", type=int, default=25)
+    p.add_argument("--product-mixing", action="store_true", help="train: model.product_mixing")
+    p.add_argument("--compile", action="store_true",
+                   help="train: through equipot.model.compiled (compiled during the warm-up steps, not timed)")
     p.add_argument("--tag", default=None)
     args = p.parse_args()
     if args.kind == "inference" and not args.model:
@@ -97,7 +105,9 @@ def main() -> None:
     total = sum(e.self_cpu_time_total for e in events)
     calls = sum(e.count for e in events if e.key.startswith("aten::")) / args.steps
     rows = sorted(events, key=lambda e: -e.self_cpu_time_total)[: args.rows]
-    tag = args.tag or (f"lmax{args.lmax}-c{args.channels}-b{args.batch_size}" if args.kind == "train"
+    tag = args.tag or (f"lmax{args.lmax}-c{args.channels}-b{args.batch_size}"
+                       + ("-mix" if args.product_mixing else "") + ("-compiled" if args.compile else "")
+                       if args.kind == "train"
                        else f"{args.atoms}")
     md = [f"# Profile: {args.kind}, {tag}", "",
           f"Machine: {machine(args.threads)['cpu']}, {args.threads} thread(s), {args.dtype}; {what}; median step "
