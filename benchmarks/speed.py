@@ -76,6 +76,10 @@ def measure(model: str, n_atoms: int, threads: int, dtype: str, repeats: int, co
     from equipot import EquipotCalculator
 
     torch.set_num_threads(threads)
+    if compile:  # the first call's time is that of a cold compile: no code cached by an earlier run
+        from torch._inductor import config as inductor_config
+
+        inductor_config.force_disable_caches = True
     atoms = acac_box(max(1, n_atoms // 15))
     atoms.calc = EquipotCalculator(model, dtype=dtype, compile=compile)
     times, first = [], None
