@@ -22,8 +22,10 @@ class EquipotCalculator(Calculator):
     is ``total_charge`` if given here, else ``atoms.info["total_charge"]``, else 0.
 
     ``compile=True`` evaluates through a traced and compiled graph (:mod:`equipot.model.compiled`):
-    faster steps after a compile of a minute or two at the first call (and at the first call with
-    a structure that needs another graph: periodic after open, say). Not for long-range models.
+    faster steps after a compile at the first call (half a minute to several minutes, by model
+    size), and again, with a warning, at the first structure that needs a graph of another kind
+    (an atom left without neighbours, as in a dissociation; a single atom). Not for long-range
+    models.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]

@@ -266,6 +266,9 @@ def _validate(config: Config, source: str) -> None:
          f"training.loss.outputs names {sorted(set(w.outputs) - set(config.model.outputs))}, "
          f"which model.outputs does not declare (declared: {sorted(config.model.outputs) or 'none'})"),
         (t.valid_batch_size >= 1, "training.valid_batch_size must be positive"),
+        (not (t.compile and config.model.long_range is not None),
+         "training.compile does not support model.long_range yet (the Ewald and PME meshes are sized from "
+         "the cell's values); set training.compile: false"),
         (not (t.augment_rotations and config.model.outputs),
          "training.augment_rotations rotates energies, forces and stress only; it cannot be combined with model.outputs"),
         (t.ema_decay is None or 0.0 < t.ema_decay < 1.0, "training.ema_decay must be in (0, 1), or null for no EMA"),

@@ -76,8 +76,13 @@ def test_compiled_calculator_equals_eager(model):
         atoms.positions += 0.05 * np.random.default_rng(step).normal(size=atoms.positions.shape)
         compiled.calculate(atoms.copy(), ["energy", "forces", "stress"])
         eager.calculate(atoms.copy(), ["energy", "forces", "stress"])
-        for key in ("energy", "forces", "stress", "energies"):
+        for key in ("energy", "forces", "stress", "energies", "chirality"):
             np.testing.assert_allclose(compiled.results[key], eager.results[key], rtol=1e-10, atol=1e-12)
+    atoms.pbc = False  # open: a dipole, through the same graph (a lone structure padded to two)
+    compiled.calculate(atoms.copy(), ["energy", "forces", "dipole", "chirality"])
+    eager.calculate(atoms.copy(), ["energy", "forces", "dipole", "chirality"])
+    for key in ("energy", "forces", "dipole", "chirality"):
+        np.testing.assert_allclose(compiled.results[key], eager.results[key], rtol=1e-10, atol=1e-12)
     assert len(compiled.evaluate._graphs) == 1
 
 
@@ -91,8 +96,55 @@ def test_training_compile_option(io_config_dict):
 
 
 def test_long_range_models_are_refused():
+    from equipot.config import ConfigError, config_from_dict
+
     class LongRange:
         long_range = object()
 
     with pytest.raises(ValueError, match="long-range"):
         CompiledPotential(LongRange())
+    with pytest.raises(ConfigError, match="training.compile"):
+        config_from_dict({"model": {"long_range": {"smearing": 0.8}}, "training": {"compile": True}})
+
+
+def test_traced_graph_for_other_layouts(model):
+    """What the trace itself must get right, through a cheap backend (no Inductor): edges not in
+    mirrored halves, atoms without neighbours (rows of the neighbour table), weights changed in
+    place between calls, and a batch with one atom with neighbours (a size-1 dimension the trace
+    fixes), which must take a graph of its own."""
+    import dataclasses
+
+    rng = np.random.default_rng(6)
+    compiled = CompiledPotential(model, backend="aot_eager")
+
+    def check(graph):
+        got, got_grads = _loss_and_gradients(compiled, model, graph)
+        want, want_grads = _loss_and_gradients(model, model, graph)
+        for key in ("energy", "forces", "stress", "chirality"):
+            torch.testing.assert_close(got[key], want[key], rtol=1e-10, atol=1e-12, msg=key)
+        for g, w in zip(got_grads, want_grads):
+            torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-10)
+
+    check(_batch(rng, [6, 8], periodic=False))
+    with torch.no_grad():  # the optimizer and the EMA swap change the weights in place
+        for p in model.parameters():
+            p.mul_(1.01)
+    check(_batch(rng, [7, 5], periodic=False))  # the same kind of batch: the same graph, new weights
+    assert len(compiled._graphs) == 1
+    graph = _batch(rng, [6, 8], periodic=False)
+    order = torch.as_tensor(rng.permutation(graph.edge_src.shape[0]))  # no longer mirrored halves
+    shuffled = dataclasses.replace(graph, edge_src=graph.edge_src[order], edge_dst=graph.edge_dst[order],
+                                   edge_shift=graph.edge_shift[order])
+    assert not model.layout(shuffled).edges.mirrored
+    check(shuffled)
+    lone = random_structure(rng, 1)  # an open lone atom has no neighbours: the table gets rows
+    rows_batch = make_batch([random_structure(rng, 6), lone, random_structure(rng, 5)], R_MAX)
+    assert model.layout(rows_batch).edges.table.rows.shape[0] >= 2
+    check(rows_batch)
+    assert len(compiled._graphs) == 3
+    # one atom in a small periodic cell (neighbours: its own images) beside a lone one: one row
+    crystal = random_structure(rng, 1, cell=np.eye(3) * 2.5)
+    one_row = make_batch([crystal, lone], R_MAX)
+    assert model.layout(one_row).edges.table.rows.shape[0] == 1
+    check(one_row)
+    assert len(compiled._graphs) == 4

@@ -25,6 +25,7 @@ The results equal the eager model's to rounding (tests/test_compiled.py: float64
 the gradients of a force loss).
 """
 
+import warnings
 from dataclasses import replace
 from typing import Dict, List, Tuple
 
@@ -42,7 +43,7 @@ from .potential import GraphLayout, Potential
 class _Evaluate(nn.Module):
     """``Potential.evaluate`` as a module's forward, for ``torch.func.functional_call``."""
 
-    def __init__(self, potential: Potential, backend: str = "inductor"):
+    def __init__(self, potential: Potential):
         super().__init__()
         self.potential = potential
 
@@ -58,12 +59,17 @@ class CompiledPotential:
     graph serves training steps and validation; with ``inference=True`` the graph runs without
     autograd (forces, stress and the rest are explicit operations of the trace, so nothing is
     lost) and keeps nothing for a backward pass: for MD and evaluation.
+
+    Differences from the eager model: a weight that no result in the loss depends on (the head
+    of an output with no loss weight) gets a zero gradient instead of none, which matters only
+    with weight decay (AdamW then shrinks it); and a kind of batch whose graph fails to compile
+    (a bug of the compiler) is evaluated eagerly from then on, with a warning.
     """
 
     def __init__(self, potential: Potential, inference: bool = False, backend: str = "inductor"):
         if potential.long_range is not None:
             raise ValueError("compiled evaluation does not support long-range models yet (the Ewald and PME "
-                             "meshes depend on the cell's values); train them without compile")
+                             "meshes are sized from the cell's values); evaluate or train them without compile")
         self.potential, self.inference, self.backend = potential, inference, backend
         self._evaluate = _Evaluate(potential)
         self._graphs: Dict[tuple, Tuple[object, List[str]]] = {}
@@ -71,10 +77,10 @@ class CompiledPotential:
     def __call__(self, graph: AtomicGraph, training: bool = False) -> Dict[str, torch.Tensor]:
         padded = graph.n_graphs == 1 and self.inference
         if graph.n_graphs == 1 and not self.inference:
-            # a lone structure in training (the last, short batch of an epoch): Inductor's
-            # generated code for sums into a one-structure batch is unreliable on several
-            # threads (see _with_empty_structure), and padding it would put 0/0 of an empty
-            # structure into the backward pass; the eager model is exact and this is rare
+            # a lone structure in training (the last, short batch of an epoch): Inductor fails to
+            # generate code for sums into a one-structure batch on several threads (see
+            # _with_empty_structure), and padding it would put 0/0 of an empty structure into
+            # the backward pass; the eager model is exact and this is rare
             return self.potential(graph, training=training)
         if padded:
             graph = _with_empty_structure(graph)
@@ -95,26 +101,46 @@ class CompiledPotential:
         table = None if edges is None else edges.table
         rows = table is not None and table.rows is not None
         slots = 0 if table is None else table.num_slots
-        # sizes of 0 and 1 are traced as constants (as torch.compile does): a batch of one
-        # structure, or of one atom, or without edges, gets graphs of its own
-        sizes = tuple(min(n, 2) for n in (graph.n_graphs, graph.n_atoms, graph.edge_src.shape[0], slots))
-        key = (edges is not None, edges is not None and edges.mirrored, rows, sizes, graph.positions.dtype,
-               graph.positions.device)
         tensors = [graph.positions, graph.numbers, graph.cell, graph.pbc, graph.node_graph, graph.edge_src,
                    graph.edge_dst, graph.edge_shift, graph.total_charge, layout.species]
         if table is not None:
             tensors += [table.edge_row, table.edge_slot] + ([table.rows] if rows else [])
+        # the trace turns sizes of 0 and 1 into constants (and make_fx keeps no guard on them):
+        # a batch with such a size anywhere (one structure, one atom, no edges, one atom with
+        # neighbours, ...) gets a graph of its own
+        sizes = tuple(min(d, 2) for t in tensors for d in t.shape) + (min(slots, 2),)
+        key = (edges is not None, edges is not None and edges.mirrored, rows, sizes, graph.positions.dtype,
+               graph.positions.device)
         named = dict(self._evaluate.named_parameters())
         named.update(self._evaluate.named_buffers())
         # no duck sizing: sizes that happen to be equal in one batch (3 structures and the 3 of
         # a cell's rows, say) must stay distinct symbols, or the trace would tie them together
+        # (fx_config is torch's private switch for it; torch.compile reads the same one)
         with fx_config.patch(use_duck_shape=False):
-            if key not in self._graphs:
+            first = key not in self._graphs
+            if first:
+                if self._graphs:
+                    warnings.warn(f"{type(self).__name__}: a batch of a new kind (no neighbours for some atom, "
+                                  "one atom, one neighbour list entry, ...): compiling another graph, which "
+                                  "takes minutes", stacklevel=3)
                 with torch.enable_grad():  # the trace takes the derivatives with autograd
                     self._graphs[key] = self._compile(key, named, tensors, slots)
             function, names = self._graphs[key]
+            if function is None:  # its compile failed: eager
+                return self.potential(graph, training=not self.inference)
             with torch.set_grad_enabled(not self.inference and torch.is_grad_enabled()):
-                return dict(zip(names, function(named, tensors, slots)))
+                try:
+                    return dict(zip(names, function(named, tensors, slots)))
+                except Exception as err:  # the compile happens at the first call
+                    if not first:
+                        raise
+                    compile_error = err
+        # a compiler failure (the eager model raises too if the batch itself is at fault)
+        warnings.warn(f"{type(self).__name__}: compiling failed ({type(compile_error).__name__}: "
+                      f"{str(compile_error).strip().splitlines()[0][:200] if str(compile_error).strip() else ''}); "
+                      "batches of this kind are evaluated eagerly", stacklevel=3)
+        self._graphs[key] = (None, names)
+        return self.potential(graph, training=not self.inference)
 
     def _compile(self, key: tuple, named: Dict[str, torch.Tensor], tensors: List[torch.Tensor], slots: int):
         has_table, mirrored, rows = key[:3]
@@ -134,7 +160,6 @@ class CompiledPotential:
             return [out[k] for k in names]
 
         detached = {k: v.detach() for k, v in named.items()}
-
         graph_module = make_fx(traced, tracing_mode="symbolic")(detached, tensors, slots)
         return torch.compile(graph_module, backend=self.backend, dynamic=True, fullgraph=True), names
 
