@@ -99,7 +99,7 @@ class CartesianEnergyModel(ShiftedEnergies):
         self._init_shift(atomic_shift, atomic_scale)
 
     @staticmethod
-    def edge_layout(edge_vec, edge_src, edge_dst, num_nodes) -> None:
+    def edge_layout(values: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor, num_nodes: int) -> None:
         return None
 
     def forward(
@@ -109,7 +109,7 @@ class CartesianEnergyModel(ShiftedEnergies):
         edge_src: torch.Tensor,
         edge_dst: torch.Tensor,
         layer_edges: Optional[List[torch.Tensor]] = None,
-        layout=None,  # unused: this network reads no edge layout
+        layout: None = None,  # unused: this network reads no edge layout
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         length = torch.linalg.norm(edge_vec, dim=-1)
         envelope = self.radial.envelope(length)  # computed once: it also ends the filters at r_max

@@ -182,9 +182,14 @@ class EnergyModel(ShiftedEnergies):
         return self._energies(species, out), h
 
     @staticmethod
-    def edge_layout(edge_vec: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor,
+    def edge_layout(values: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor,
                     num_nodes: int) -> EdgeLayout:
-        """The :class:`EdgeLayout` of these edges (reads the edge list back: not traceable)."""
+        """The :class:`EdgeLayout` of these edges (reads the edge list back: not traceable).
+
+        ``values``: per-edge values that the reversed edge negates exactly, the edge vectors or
+        the integer image shifts (the vector of an edge reversed with its shift negated is
+        exactly the negated vector: a - b and b - a, and sums of negated products, round alike).
+        """
         with torch.no_grad():
-            mirrored = mirrored_half(edge_vec, edge_src, edge_dst) is not None
+            mirrored = mirrored_half(values, edge_src, edge_dst) is not None
         return EdgeLayout(mirrored, neighbour_slots(edge_dst, num_nodes))

@@ -1,6 +1,6 @@
 """Energies and their derivatives for a batch of structures, in one autograd pass."""
 
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 from ase.data import chemical_symbols
@@ -9,7 +9,7 @@ from torch import nn
 from ..fields import Field
 from ..geometry import apply_strain, cell_volumes, edge_vectors, symmetric_strain
 from ..graph import AtomicGraph
-from .energy_model import EnergyModel
+from .energy_model import EdgeLayout, EnergyModel
 from ..electrostatics import Electrostatics
 from .outputs import TypedOutputs
 
@@ -23,7 +23,7 @@ class GraphLayout(NamedTuple):
     (after the check for unknown elements) and the energy model's edge layout."""
 
     species: torch.Tensor
-    edges: Any  # the energy model's edge_layout(...), or None
+    edges: Optional[EdgeLayout]  # the energy model's edge_layout(...); None for the Cartesian baseline
 
 
 class Potential(nn.Module):
@@ -84,10 +84,9 @@ class Potential(nn.Module):
     def layout(self, graph: AtomicGraph) -> GraphLayout:
         """The checks and index work that read a batch's values back (see :meth:`evaluate`)."""
         species = self.species_index(graph.numbers)
-        with torch.no_grad():
-            vec = edge_vectors(graph.positions, graph.cell, graph.node_graph, graph.edge_src, graph.edge_dst,
-                               graph.edge_shift)
-        return GraphLayout(species, self.energy_model.edge_layout(vec, graph.edge_src, graph.edge_dst, graph.n_atoms))
+        # mirrored halves are read off the image shifts, which the vectors follow exactly
+        edges = self.energy_model.edge_layout(graph.edge_shift, graph.edge_src, graph.edge_dst, graph.n_atoms)
+        return GraphLayout(species, edges)
 
     def evaluate(self, graph: AtomicGraph, layout: GraphLayout, training: bool = False) -> Dict[str, torch.Tensor]:
         """:meth:`forward` given the batch's :meth:`layout`: arithmetic only, with no value read
