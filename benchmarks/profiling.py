@@ -4,8 +4,8 @@ training step, grouped by operator and input shape.
     python benchmarks/profiling.py inference MODEL --atoms 960 --threads 1
     python benchmarks/profiling.py train --lmax 2 --channels 32 --batch-size 5
 
-inference: MODEL's energy + forces on the acac box of benchmarks/speed.py (model call only, no
-neighbour list). train: one optimizer step (forces in the loss, so a second backward pass) of an
+inference: MODEL's energy + forces on the acac box of benchmarks/speed.py (model call only; the
+time to build the graph, mostly the neighbour list, is reported beside it). train: one optimizer step (forces in the loss, so a second backward pass) of an
 untrained model on acac training structures. Prints the operators that take most of the
 time per call, the number of operator calls per step and the median step time, and writes
 docs/benchmarks/profile-<kind>-<tag>.md. Profiling is for finding work to remove; speed figures
@@ -31,8 +31,28 @@ def inference_step(args):
     atoms = acac_box(max(1, args.atoms // 15))
     config = Configuration(numbers=atoms.numbers, positions=atoms.positions, cell=np.array(atoms.cell),
                            pbc=atoms.pbc)
-    graph = to_graph(config, model.model_config.r_max).to(dtype=getattr(torch, args.dtype))
-    return lambda: model(graph), f"{len(atoms)} atoms, {graph.edge_src.numel()} edges"
+    dtype = getattr(torch, args.dtype)
+    graph = to_graph(config, model.model_config.r_max).to(dtype=dtype)
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        to_graph(config, model.model_config.r_max).to(dtype=dtype)
+        times.append(time.perf_counter() - t)
+    evaluate = model
+    if args.compile:
+        from equipot.model.compiled import CompiledPotential
+
+        evaluate = CompiledPotential(model, inference=True)
+        layout_times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            model.layout(graph)
+            layout_times.append(time.perf_counter() - t)
+    what = (f"{len(atoms)} atoms, {graph.edge_src.numel()} edges; building the graph (neighbour list, "
+            f"not in the step) {1000 * float(np.median(times)):.1f} ms")
+    if args.compile:
+        what += f"; of the step, the eager layout {1000 * float(np.median(layout_times)):.1f} ms"
+    return lambda: evaluate(graph), what
 
 
 def train_step(args):
@@ -84,7 +104,8 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=25)
     p.add_argument("--product-mixing", action="store_true", help="train: model.product_mixing")
     p.add_argument("--compile", action="store_true",
-                   help="train: through equipot.model.compiled (compiled during the warm-up steps, not timed)")
+                   help="through equipot.model.compiled (compiled during the warm-up steps, not timed; "
+                   "inference=True for inference)")
     p.add_argument("--tag", default=None)
     args = p.parse_args()
     if args.kind == "inference" and not args.model:
@@ -108,7 +129,7 @@ def main() -> None:
     tag = args.tag or (f"lmax{args.lmax}-c{args.channels}-b{args.batch_size}"
                        + ("-mix" if args.product_mixing else "") + ("-compiled" if args.compile else "")
                        if args.kind == "train"
-                       else f"{args.atoms}")
+                       else f"{args.atoms}" + ("-compiled" if args.compile else ""))
     md = [f"# Profile: {args.kind}, {tag}", "",
           f"Machine: {machine(args.threads)['cpu']}, {args.threads} thread(s), {args.dtype}; {what}; median step "
           f"{1000 * float(np.median(times)):.1f} ms (without the profiler); {calls:.0f} aten operator calls per step. "
