@@ -39,6 +39,10 @@ def commit() -> str:
         return "unknown"
 
 
+# read when a benchmark starts: a long run's record names the code it ran, not a later commit
+START_COMMIT = commit()
+
+
 def versions() -> dict:
     import ase
     import e3nn
@@ -52,7 +56,7 @@ def write_result(name: str, threads: int, records: list, extra: dict | None = No
     result = {
         "benchmark": name,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "commit": commit(),
+        "commit": START_COMMIT,
         "machine": machine(threads),
         "command": "python " + shlex.join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]),
         "versions": versions(),
