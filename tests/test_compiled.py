@@ -148,3 +148,25 @@ def test_traced_graph_for_other_layouts(model):
     assert model.layout(one_row).edges.table.rows.shape[0] == 1
     check(one_row)
     assert len(compiled._graphs) == 4
+
+
+def test_one_species_model_compiled_with_two_threads(float64_without_einsum_search):
+    """A one-element model (a species axis of size 1) compiled by Inductor with two threads, whose
+    CPU code generation has failed on size-1 dimensions before: the compiled forces equal eager."""
+    config = ModelConfig(r_max=R_MAX, num_layers=1, channels=4, lmax=1, correlation=2, num_basis=4,
+                         radial_hidden=[8], readout_hidden=4)
+    stats = Statistics(species=[14], e0={14: -100.0}, energy_shift=0.0, energy_scale=1.0, avg_num_neighbors=8.0)
+    torch.manual_seed(1)
+    silicon = build_model(config, stats, torch.float64)
+    rng = np.random.default_rng(5)
+    configs = [random_structure(rng, n, cell=triclinic_cell(rng), symbols=(14,)) for n in (6, 8)]
+    graph = make_batch(configs, R_MAX)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = CompiledPotential(silicon, inference=True)(graph)
+    finally:
+        torch.set_num_threads(threads)
+    want = silicon(graph)
+    for key in ("energy", "forces", "stress"):
+        torch.testing.assert_close(got[key], want[key], rtol=1e-10, atol=1e-12, msg=key)
