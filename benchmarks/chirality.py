@@ -76,11 +76,14 @@ def main() -> None:
                         "the ensemble (mean of the models' outputs, still exactly odd under reflection)")
     p.add_argument("--reuse", action="store_true", help="load a seed's model from its run folder if it is there")
     p.add_argument("--product-mixing", action="store_true", help="model.product_mixing: mixed channels in the node products")
+    p.add_argument("--gate-odd", action="store_true",
+                   help="model.gate_odd_outputs: the head's 0o units gated by the atom's 0e features")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     variant = "invariant-lmax0" if args.invariant else f"lmax{args.lmax}-both-c{args.channels}"
     variant += f"-l{args.layers}" if args.layers != 2 else ""
     variant += "-mix" if args.product_mixing else ""
+    variant += "-gate" if args.gate_odd else ""
     variant += f"-ef{args.forces_weight:g}" if args.forces_weight > 0 else ""
     variant += f"-{args.budget_minutes:g}min" if args.budget_minutes != 10.0 else ""
     seeds_tag = "" if args.seeds == [11] else "-seed" + "-".join(map(str, args.seeds))
@@ -99,6 +102,7 @@ def main() -> None:
             "model": {"r_max": 5.0, "channels": args.channels, "lmax": 0 if args.invariant else args.lmax,
                       "parity": "natural" if args.invariant else "both", "correlation": 3, "num_layers": args.layers,
                       "product_mixing": args.product_mixing,
+                      "gate_odd_outputs": args.gate_odd,
                       "outputs": {"chirality": "0e" if args.invariant else "0o"}},
             "training": {"threads": args.threads, "batch_size": 10, "lr": 0.005, "max_epochs": 100000,
                          "max_minutes": args.budget_minutes, "patience": 100000, "lr_patience": 8,

@@ -94,6 +94,33 @@ def test_product_mixing_round_trip_and_files_without_the_key(io_tiny_model, io_s
     assert not any(".product.mix." in name for name, _ in loaded.named_parameters())
 
 
+def test_gated_odd_heads_round_trip_and_files_without_the_key(io_tiny_model, io_small_xyz, tmp_path):
+    """``gate_odd_outputs`` travels in the model file with its gate weights; a file written
+    before the option existed loads with plain heads."""
+    from equipot.config import OutputConfig
+
+    old = load_model(str(io_tiny_model))
+    config = dataclasses.replace(old.model_config, parity="both", outputs={"chirality": OutputConfig("0o")},
+                                 gate_odd_outputs=True)
+    torch.manual_seed(5)
+    model = build_model(config, old.statistics).to(torch.float64)
+    path = tmp_path / "gated.safetensors"
+    save_model(str(path), model, config, old.statistics)
+    again = load_model(str(path))
+    assert again.model_config.gate_odd_outputs
+    assert any("odd_gate" in name for name, _ in again.named_parameters())
+    batch = make_batch(read_configurations(str(io_small_xyz))[:2], config.r_max, dtype=torch.float64)
+    assert torch.allclose(model(batch)["chirality"], again(batch)["chirality"], rtol=0, atol=1e-9)
+    plain = dataclasses.replace(config, gate_odd_outputs=False)
+    save_model(str(tmp_path / "plain.safetensors"), build_model(plain, old.statistics), plain, old.statistics)
+    settings = json.loads(metadata_of(tmp_path / "plain.safetensors")["model_config"])
+    settings.pop("gate_odd_outputs")
+    legacy = rewrite(tmp_path / "plain.safetensors", tmp_path / "legacy.safetensors", model_config=json.dumps(settings))
+    loaded = load_model(legacy)
+    assert not loaded.model_config.gate_odd_outputs
+    assert not any("odd_gate" in name for name, _ in loaded.named_parameters())
+
+
 # ----------------------------------------------------------------------------- damaged files
 
 

@@ -36,11 +36,11 @@ def float64(float64_without_einsum_search):
     yield
 
 
-def make_model(outputs, lmax=2, parity="both", seed=0, correlation=3):
+def make_model(outputs, lmax=2, parity="both", seed=0, correlation=3, gate_odd=False):
     torch.manual_seed(seed)
     declared = {k: OutputConfig(*v) if isinstance(v, tuple) else OutputConfig(v) for k, v in outputs.items()}
     config = ModelConfig(r_max=R_MAX, channels=4, lmax=lmax, parity=parity, correlation=correlation, num_basis=4,
-                         radial_hidden=[8], readout_hidden=4, outputs=declared)
+                         radial_hidden=[8], readout_hidden=4, outputs=declared, gate_odd_outputs=gate_odd)
     stats = Statistics(species=SPECIES, e0={z: 0.0 for z in SPECIES}, energy_shift=0.0, energy_scale=1.0,
                        avg_num_neighbors=6.0)
     return build_model(config, stats).double()
@@ -112,6 +112,37 @@ def test_se3_scalar_is_invariant_under_rotations_but_not_reflections(model):
     reflected = score(positions @ torch.diag(torch.tensor([-1.0, 1.0, 1.0])))
     assert (reflected - reference).abs().max() > 1e-8 * reference.abs().max()  # float64 noise is ~1e-15
     assert (reflected + reference).abs().max() > 1e-8 * reference.abs().max()
+
+
+def test_gated_odd_heads_are_equivariant_and_flip_in_a_mirror():
+    """model.gate_odd_outputs: a pseudoscalar unit times a sigmoid of invariants is still a
+    pseudoscalar, open and periodic; the gates are used (the outputs differ from the plain head's)."""
+    outputs_ = {"chirality": "0o", "mixed": "0e+0o+1e+2o", "charges": "charges"}
+    gated = make_model(outputs_, lmax=2, seed=4, gate_odd=True)
+    heads = gated.outputs.heads
+    assert heads["chirality"].odd_gate is not None and heads["mixed"].odd_gate is not None
+    assert gated.outputs.charges.odd_gate is None  # no 0o units to gate
+    rng = np.random.default_rng(13)
+    config = random_structure(rng, 8, box=3.4, symbols=SPECIES)
+    check_potential_equivariance(gated, config, R_MAX, n_elements=3)
+    periodic = random_structure(rng, 6, cell=triclinic_cell(rng, length=3.8), symbols=SPECIES)
+    check_potential_equivariance(gated, periodic, R_MAX, n_elements=2)
+    left = chiral_molecule()
+    a, b = outputs(gated, left), outputs(gated, mirrored(left))
+    assert a["chirality"].abs().max() > 1e-8
+    assert torch.allclose(a["chirality"], -b["chirality"], rtol=1e-10, atol=0)
+    # the plain head with the same other weights: shut gates (sigmoid(0) = 1/2) halve its 0o units
+    plain = make_model(outputs_, lmax=2, seed=4)
+    missing, unexpected = plain.load_state_dict(gated.state_dict(), strict=False)
+    assert not missing and unexpected and all("odd_gate" in k for k in unexpected)
+    p = outputs(plain, left)
+    assert torch.allclose(p["energy"], a["energy"], rtol=1e-12, atol=0)
+    assert not torch.allclose(p["chirality"], 2 * a["chirality"], rtol=1e-6, atol=0)  # the gates act
+    with torch.no_grad():
+        for head in heads.values():
+            if head.odd_gate is not None:
+                head.odd_gate.weight.zero_()
+    assert torch.allclose(outputs(gated, left)["chirality"], 0.5 * p["chirality"], rtol=1e-10, atol=0)
 
 
 # ------------------------------------------------------------------------- enantiomers

@@ -61,7 +61,8 @@ def _build(config: ModelConfig, stats: Statistics) -> Potential:
         atomic_scale=scale,
         extra_irreps=output_irreps(list(fields.values()), config.lmax),
     )
-    outputs = TypedOutputs(fields, energy_model.irreps_features, config.readout_hidden, config.charge_weights) if fields else None
+    outputs = TypedOutputs(fields, energy_model.irreps_features, config.readout_hidden, config.charge_weights,
+                           gate_odd=config.gate_odd_outputs) if fields else None
     long_range = None
     if config.long_range is not None:
         lr = config.long_range

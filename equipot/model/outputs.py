@@ -47,7 +47,8 @@ def spread_excess(
 class TypedOutputs(nn.Module):
     """Heads for the declared outputs; ``forward`` returns {name: tensor} in data units."""
 
-    def __init__(self, fields: Dict[str, Field], irreps_in: o3.Irreps, hidden: int, charge_weights: str = "uniform"):
+    def __init__(self, fields: Dict[str, Field], irreps_in: o3.Irreps, hidden: int, charge_weights: str = "uniform",
+                 gate_odd: bool = False):
         super().__init__()
         if charge_weights not in ("uniform", "learned"):
             raise ValueError(f"charge_weights must be 'uniform' or 'learned', got {charge_weights!r}")
@@ -65,7 +66,7 @@ class TypedOutputs(nn.Module):
             if f.kind == "se3_scalar":
                 self.heads[name] = SE3ScalarHead(self.irreps_in, hidden)
             elif f.kind in ("irreps", "cartesian"):
-                self.heads[name] = IrrepsHead(self.irreps_in, o3.Irreps(f.irreps), hidden)
+                self.heads[name] = IrrepsHead(self.irreps_in, o3.Irreps(f.irreps), hidden, gate_odd=gate_odd)
             if f.kind == "cartesian":
                 tensor = o3.ReducedTensorProducts(f.symmetry, **{i: "1o" for i in set(f.symmetry) - {"="}})
                 # (irreps dim, 3, 3, ...) change of basis; a buffer so it follows dtype and device
