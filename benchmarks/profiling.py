@@ -42,7 +42,7 @@ def inference_step(args):
     if args.compile:
         from equipot.model.compiled import CompiledPotential
 
-        evaluate = CompiledPotential(model, inference=True)
+        evaluate = CompiledPotential(model, inference=True, vectorize=not args.no_vectorize)
         layout_times = []
         for _ in range(5):
             t = time.perf_counter()
@@ -74,7 +74,7 @@ def train_step(args):
     if args.compile:
         from equipot.model.compiled import CompiledPotential
 
-        evaluate = CompiledPotential(trainer.model)
+        evaluate = CompiledPotential(trainer.model, vectorize=getattr(args, "vectorize", False))
     weights, count = config.training.loss, [0]
 
     def step():
@@ -87,6 +87,7 @@ def train_step(args):
         if trainer.ema:
             trainer.ema.update(trainer.model)
 
+    step.evaluate = evaluate
     return step, f"batch of {args.batch_size} acac structures ({15 * args.batch_size} atoms)"
 
 
@@ -106,6 +107,9 @@ def main() -> None:
     p.add_argument("--compile", action="store_true",
                    help="through equipot.model.compiled (compiled during the warm-up steps, not timed; "
                    "inference=True for inference)")
+    p.add_argument("--vectorize", action="store_true", help="train --compile: Inductor's SIMD loops on "
+                   "(CompiledPotential(vectorize=True); inference has them by default)")
+    p.add_argument("--no-vectorize", action="store_true", help="inference --compile: Inductor's SIMD loops off")
     p.add_argument("--tag", default=None)
     args = p.parse_args()
     if args.kind == "inference" and not args.model:
@@ -130,6 +134,8 @@ def main() -> None:
                        + ("-mix" if args.product_mixing else "") + ("-compiled" if args.compile else "")
                        if args.kind == "train"
                        else f"{args.atoms}" + ("-compiled" if args.compile else ""))
+    if args.compile and (args.vectorize if args.kind == "train" else args.no_vectorize):
+        tag += "-vectorized" if args.kind == "train" else "-not-vectorized"
     md = [f"# Profile: {args.kind}, {tag}", "",
           f"Machine: {machine(args.threads)['cpu']}, {args.threads} thread(s), {args.dtype}; {what}; median step "
           f"{1000 * float(np.median(times)):.1f} ms (without the profiler); {calls:.0f} aten operator calls per step. "

@@ -22,10 +22,10 @@ class EquipotCalculator(Calculator):
     is ``total_charge`` if given here, else ``atoms.info["total_charge"]``, else 0.
 
     ``compile=True`` evaluates through a traced and compiled graph (:mod:`equipot.model.compiled`):
-    faster steps after a compile at the first call (half a minute to several minutes, by model
-    size), and again, with a warning, at the first structure that needs a graph of another kind
-    (an atom left without neighbours, as in a dissociation; a single atom). Not for long-range
-    models.
+    faster steps after a compile at the first call (minutes by model size, cold; one or two when
+    Inductor's cache already holds the architecture), and again, with a warning, at the first
+    structure that needs a graph of another kind (an atom left without neighbours, as in a
+    dissociation; a single atom). Not for long-range models.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]

@@ -128,7 +128,7 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--threads", type=int)
     m.add_argument("--out", default="md")
     m.add_argument("--compile", action="store_true",
-                   help="trace and compile the model first (a minute or two): faster steps for long runs")
+                   help="trace and compile the model first (minutes; cached for later runs): faster steps for long runs")
     m.set_defaults(func=_md)
 
     c = sub.add_parser("convert", help="store a data file as HDF5 for training that reads structures on demand")

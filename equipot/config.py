@@ -108,7 +108,7 @@ class TrainingConfig:
     lr_patience: int = 10
     ema_decay: Optional[float] = 0.99
     augment_rotations: bool = False  # rotate every training structure at random in every epoch
-    compile: bool = False  # trace and compile the model's evaluation (equipot.model.compiled): faster steps after a compile of a minute or two
+    compile: bool = False  # trace and compile the model's evaluation (equipot.model.compiled): faster steps after a compile of minutes (cached for later runs)
     patience: int = 50  # early stopping, in epochs without a better validation loss
     loss: LossConfig = field(default_factory=LossConfig)
 

@@ -5,6 +5,8 @@ energies, forces, stress and typed outputs, and the same gradients of a loss on 
 (the trace turns the force pass into ordinary operations, so this checks the second derivatives).
 """
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -150,9 +152,11 @@ def test_traced_graph_for_other_layouts(model):
     assert len(compiled._graphs) == 4
 
 
-def test_one_species_model_compiled_with_two_threads(float64_without_einsum_search):
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_one_species_model_compiled_with_two_threads(float64_without_einsum_search, vectorize):
     """A one-element model (a species axis of size 1) compiled by Inductor with two threads, whose
-    CPU code generation has failed on size-1 dimensions before: the compiled forces equal eager."""
+    CPU code generation has failed on size-1 dimensions before: the compiled forces equal eager,
+    with Inductor's SIMD loops (vectorize) and without them (the default)."""
     config = ModelConfig(r_max=R_MAX, num_layers=1, channels=4, lmax=1, correlation=2, num_basis=4,
                          radial_hidden=[8], readout_hidden=4)
     stats = Statistics(species=[14], e0={14: -100.0}, energy_shift=0.0, energy_scale=1.0, avg_num_neighbors=8.0)
@@ -164,9 +168,29 @@ def test_one_species_model_compiled_with_two_threads(float64_without_einsum_sear
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        got = CompiledPotential(silicon, inference=True)(graph)
+        got = CompiledPotential(silicon, inference=True, vectorize=vectorize)(graph)
     finally:
         torch.set_num_threads(threads)
     want = silicon(graph)
     for key in ("energy", "forces", "stress"):
         torch.testing.assert_close(got[key], want[key], rtol=1e-10, atol=1e-12, msg=key)
+
+
+def test_inductor_cache_outlives_temporary_files(monkeypatch, tmp_path):
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from equipot.model.compiled import use_persistent_cache
+
+    # torch's own default (it writes it into the variable when it first reads it) is replaced
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    monkeypatch.delenv("EQUIPOT_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert use_persistent_cache() == str(tmp_path / "xdg" / "equipot" / "inductor")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "xdg" / "equipot" / "inductor")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    monkeypatch.setenv("EQUIPOT_CACHE_DIR", str(tmp_path / "eq"))
+    assert use_persistent_cache() == str(tmp_path / "eq" / "inductor")
+    # a folder the user chose is kept
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert use_persistent_cache() == str(tmp_path / "mine")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")

@@ -249,7 +249,8 @@ class Trainer:
         fraction = self._elapsed(start, elapsed_before) / budget_s
         self._budget_pace = (fraction, 0.0)  # the first epoch's pace is not known yet
         if t.compile and self.progress:
-            tqdm.write("training.compile: the first step traces and compiles the model (a minute or two)")
+            tqdm.write("training.compile: the first step traces and compiles the model (minutes, less when "
+                       "Inductor's cache already holds this architecture)")
         while self.epoch < t.max_epochs:
             if t.scheduler == "budget" and fraction >= 1.0:
                 stop_reason = "wall_clock"  # a resumed run whose budget was already spent
