@@ -2,6 +2,7 @@
 # Fixtures for the data / config / training / model-file / CLI tests (prefix io_).
 # ---------------------------------------------------------------------------
 import copy as _io_copy
+import os as _os
 from pathlib import Path as _IoPath
 
 import pytest as _io_pytest
@@ -91,3 +92,12 @@ def float64_without_einsum_search():
     torch.set_default_dtype(dtype)
     e3nn.set_optimization_defaults(**optimization)
     torch.backends.opt_einsum.enabled = opt_einsum
+
+
+def pytest_configure(config):
+    # under pytest-xdist (scripts/test.sh runs two workers on two cores) each worker computes on
+    # one thread; tests that need more threads set them themselves
+    if _os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
