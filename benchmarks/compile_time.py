@@ -8,9 +8,9 @@ compiled steps then save against the eager model.
 
 The model and batches are those of `benchmarks/profiling.py train` (acac, batches of five
 structures, forces in the loss). Phases: the make_fx trace of energy and derivatives (its node
-count says how big the graph handed to Inductor is), the first call (Dynamo over the traced
-graph, AOTAutograd's split into forward and backward, Inductor's forward, and the C++ build),
-the first backward pass (the backward graph is compiled then), and Dynamo's own timers. By
+count says how big the graph handed to Inductor is), the whole first step (the trace, Dynamo
+over the traced graph, AOTAutograd's split into forward and backward, Inductor's code for both
+and the C++ builds, which run in Inductor's pool of build processes), and Dynamo's own timers. By
 default Inductor's cache is a fresh empty folder, so the figures are a cold compile on a fresh
 machine; with --cache-dir the cache is kept there, and a second run shows the warm one.
 Writes docs/benchmarks/compile-<tag>.{json,md}.
@@ -50,8 +50,11 @@ def main() -> None:
     p.add_argument("--inductor", type=parse_setting, action="append", default=[], metavar="KEY=VALUE",
                    help="a torch._inductor.config setting for this run")
     p.add_argument("--vectorize", action="store_true", help="Inductor's SIMD loops on (CompiledPotential(vectorize=True))")
+    p.add_argument("--note", default=None, help="a remark kept in the record (e.g. what else ran)")
     p.add_argument("--tag", default=None)
     args = p.parse_args()
+    if any(key == "cpp.simdlen" for key, _ in args.inductor):
+        p.error("--inductor cpp.simdlen: use --vectorize (without it CompiledPotential sets cpp.simdlen=1)")
     cache = args.cache_dir or tempfile.mkdtemp(prefix="equipot-inductor-")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.abspath(cache)  # read when torch._inductor loads
 
@@ -88,7 +91,7 @@ def main() -> None:
     phases = dict(zip(dynamo[0], dynamo[1])) if isinstance(dynamo, tuple) else {}
 
     tag = args.tag or (f"lmax{args.lmax}-c{args.channels}-b{args.batch_size}" + ("-mix" if args.product_mixing else "")
-                       + ("-vectorized" if args.vectorize else "") + "".join(f"-{k}={v}" for k, v in args.inductor)
+                       + ("-vectorized" if args.vectorize else "") + "".join(f"-{k}={v}".replace("/", "_") for k, v in args.inductor)
                        + ("-warm" if warm_cache else ""))
     record = dict(model="equipot", variant=tag, dtype=args.dtype, unit="s")
     records = [
@@ -97,13 +100,14 @@ def main() -> None:
         {**record, "metric": "step_s_compiled", "value": round(times["compiled"], 5)},
         {**record, "metric": "step_s_eager", "value": round(times["eager"], 5)},
     ]
-    write_result(f"compile-{tag}", args.threads, records, {"dynamo_compile_times": phases,
-                                                          "inductor": {k: v for k, v in args.inductor}})
+    extra = {"dynamo_compile_times": phases, "inductor": {k: v for k, v in args.inductor}, "vectorize": args.vectorize}
+    write_result(f"compile-{tag}", args.threads, records, {**extra, **({"note": args.note} if args.note else {})})
     saved = times["eager"] - times["compiled"]
     md = [f"# Compile time of a training step: {tag}", "",
           f"Machine: {machine(args.threads)['cpu']}, {args.threads} thread(s), {args.dtype}; {what}; "
           f"Inductor cache {'warm' if warm_cache else 'cold (empty)'}. "
           f"Command: `python benchmarks/compile_time.py {' '.join(sys.argv[1:])}`", "",
+          *([args.note, ""] if args.note else []),
           "| phase | s |", "|---|---|",
           f"| make_fx trace of energy and derivatives ({timings['nodes']} nodes) | {timings['trace_s']:.1f} |",
           f"| first step (Dynamo, AOTAutograd, Inductor forward and backward, C++ build; the trace included) | {first:.1f} |"]

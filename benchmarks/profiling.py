@@ -114,6 +114,8 @@ def main() -> None:
     args = p.parse_args()
     if args.kind == "inference" and not args.model:
         p.error("inference needs a MODEL file")
+    if args.vectorize and args.kind != "train" or args.no_vectorize and args.kind != "inference":
+        p.error("--vectorize is for train --compile, --no-vectorize for inference --compile")
     torch.set_num_threads(args.threads)
     step, what = inference_step(args) if args.kind == "inference" else train_step(args)
     for _ in range(3):

@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-python -m pytest -q -n 2 "$@"
+python -m pytest -q -n 2 --dist worksteal "$@"

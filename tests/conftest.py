@@ -101,3 +101,19 @@ def pytest_configure(config):
         import torch
 
         torch.set_num_threads(1)
+
+
+@_io_pytest.fixture(scope="session", autouse=True)
+def _fresh_inductor_cache(tmp_path_factory):
+    """Compiled tests build their code afresh, in a folder of this run, not in the user's cache."""
+    import os
+
+    saved = {k: os.environ.get(k) for k in ("EQUIPOT_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR")}
+    os.environ["EQUIPOT_CACHE_DIR"] = str(tmp_path_factory.mktemp("equipot-cache"))
+    os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

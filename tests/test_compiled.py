@@ -34,6 +34,11 @@ def model(float64_without_einsum_search):
     return build_model(config, stats, torch.float64)
 
 
+def _none_fell_back(compiled):
+    """Every graph compiled: none was replaced by the eager model after a compiler failure."""
+    assert compiled._graphs and all(function is not None for function, _ in compiled._graphs.values())
+
+
 def _batch(rng, sizes, periodic):
     configs = [random_structure(rng, n, cell=triclinic_cell(rng) if periodic else None) for n in sizes]
     return make_batch(configs, R_MAX)
@@ -62,6 +67,7 @@ def test_compiled_equals_eager_for_batches_of_other_sizes(model):
             torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-10)
     # every batch (2 to 4 structures; other atom, edge and slot counts; open or periodic) took one trace
     assert len(compiled._graphs) == 1
+    _none_fell_back(compiled)
 
 
 def test_compiled_calculator_equals_eager(model):
@@ -86,6 +92,7 @@ def test_compiled_calculator_equals_eager(model):
     for key in ("energy", "forces", "dipole", "chirality"):
         np.testing.assert_allclose(compiled.results[key], eager.results[key], rtol=1e-10, atol=1e-12)
     assert len(compiled.evaluate._graphs) == 1
+    _none_fell_back(compiled.evaluate)
 
 
 def test_training_compile_option(io_config_dict):
@@ -110,14 +117,15 @@ def test_long_range_models_are_refused():
 
 
 def test_traced_graph_for_other_layouts(model):
-    """What the trace itself must get right, through a cheap backend (no Inductor): edges not in
+    """What the trace itself must get right, through the cheapest backend (Dynamo only: no
+    AOTAutograd, no Inductor; the tests above cover those): edges not in
     mirrored halves, atoms without neighbours (rows of the neighbour table), weights changed in
     place between calls, and a batch with one atom with neighbours (a size-1 dimension the trace
     fixes), which must take a graph of its own."""
     import dataclasses
 
     rng = np.random.default_rng(6)
-    compiled = CompiledPotential(model, backend="aot_eager")
+    compiled = CompiledPotential(model, backend="eager")
 
     def check(graph):
         got, got_grads = _loss_and_gradients(compiled, model, graph)
@@ -150,6 +158,7 @@ def test_traced_graph_for_other_layouts(model):
     assert model.layout(one_row).edges.table.rows.shape[0] == 1
     check(one_row)
     assert len(compiled._graphs) == 4
+    _none_fell_back(compiled)
 
 
 def test_one_species_model_compiled_with_two_threads(float64_without_einsum_search):
@@ -166,10 +175,12 @@ def test_one_species_model_compiled_with_two_threads(float64_without_einsum_sear
     graph = make_batch(configs, R_MAX)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
+    compiled = CompiledPotential(silicon, inference=True)
     try:
-        got = CompiledPotential(silicon, inference=True)(graph)
+        got = compiled(graph)
     finally:
         torch.set_num_threads(threads)
+    _none_fell_back(compiled)  # a failed compile would give the eager values, with only a warning
     want = silicon(graph)
     for key in ("energy", "forces", "stress"):
         torch.testing.assert_close(got[key], want[key], rtol=1e-10, atol=1e-12, msg=key)
@@ -178,18 +189,33 @@ def test_one_species_model_compiled_with_two_threads(float64_without_einsum_sear
 def test_inductor_cache_outlives_temporary_files(monkeypatch, tmp_path):
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
-    from equipot.model.compiled import use_persistent_cache
+    from equipot.model.compiled import _cpu_fingerprint, use_persistent_cache
 
+    cpu = _cpu_fingerprint()
     # torch's own default (it writes it into the variable when it first reads it) is replaced
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
     monkeypatch.delenv("EQUIPOT_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert use_persistent_cache() == str(tmp_path / "xdg" / "equipot" / "inductor")
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "xdg" / "equipot" / "inductor")
+    want = str(tmp_path / "xdg" / "equipot" / "inductor" / cpu)
+    assert use_persistent_cache() == want and os.environ["TORCHINDUCTOR_CACHE_DIR"] == want
+    assert os.path.isdir(want)
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     monkeypatch.setenv("EQUIPOT_CACHE_DIR", str(tmp_path / "eq"))
-    assert use_persistent_cache() == str(tmp_path / "eq" / "inductor")
+    assert use_persistent_cache() == str(tmp_path / "eq" / "inductor" / cpu)
+    # a folder that cannot be made (a file is in the way): torch's default stays
+    (tmp_path / "blocked").write_text("")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    monkeypatch.setenv("EQUIPOT_CACHE_DIR", str(tmp_path / "blocked"))
+    assert use_persistent_cache() == default_cache_dir()
     # a folder the user chose is kept
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     assert use_persistent_cache() == str(tmp_path / "mine")
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+
+
+def test_simd_loops_off_for_training_on_for_inference(model):
+    assert CompiledPotential(model).options == {"cpp.simdlen": 1}
+    assert CompiledPotential(model, inference=True).options is None
+    assert CompiledPotential(model, vectorize=True).options is None
+    assert CompiledPotential(model, inference=True, vectorize=False).options == {"cpp.simdlen": 1}
+    assert CompiledPotential(model, backend="eager").options is None

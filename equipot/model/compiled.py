@@ -20,15 +20,18 @@ kind of batch that needs different operations (edges mirrored or not; some atoms
 neighbours) and for each dtype and device; torch.compile itself compiles again for a batch of one
 structure (a lone structure at inference is evaluated in a batch with an empty one, and a lone
 structure in training by the eager model). A cold compile of a training graph takes 4 minutes
-(lmax 1, 16 channels) to 10 (lmax 2, 64 channels) on one core of the EPYC machine; Inductor keeps
-what it built in a cache (:func:`use_persistent_cache`), and a later run of a model of the same
-architecture, whatever its weights, then starts in 1 to 2.5 minutes, mostly the trace.
+(lmax 1, 16 channels) to 10 (lmax 2, 64 channels) on the EPYC machine (one torch thread, Inductor's
+two build processes); Inductor keeps what it built in a cache (:func:`use_persistent_cache`), and
+resuming, or the same model file run again in the same mode, then starts in 1.2 to 2.4 minutes,
+mostly the trace.
 
 The results equal the eager model's to rounding (tests/test_compiled.py: float64, values and
 the gradients of a force loss).
 """
 
+import hashlib
 import os
+import platform
 import time
 import warnings
 from dataclasses import replace
@@ -79,10 +82,10 @@ class CompiledPotential:
         use_persistent_cache()
         self.potential, self.inference, self.backend = potential, inference, backend
         # Inductor's SIMD loops (cpp.simdlen), by default on for inference only. Without them a cold
-        # compile of a training step took 30-41 % less time and its steps were as fast (lmax 1 / 16
+        # compile of a training step took 29-41 % less time and its steps were as fast (lmax 1 / 16
         # channels) or 22 % faster (lmax 2 / 64 channels; benchmarks/compile_time.py); energy and
-        # forces of 960 atoms (lmax 1 / 16 channels) were 6 % faster with them, and an MD run
-        # compiles once for many steps (README, What is inside)
+        # forces of 960 atoms (lmax 1 / 16 channels) were about 6 % faster with them (means of three
+        # runs each, not kept as records), and an MD run compiles once for many steps
         if vectorize is None:
             vectorize = inference
         self.options = None if vectorize or backend != "inductor" else {"cpp.simdlen": 1}
@@ -185,22 +188,46 @@ class CompiledPotential:
 
 def use_persistent_cache() -> str:
     """Point Inductor's cache at a folder that outlives the machine's temporary files, unless the
-    user chose one (TORCHINDUCTOR_CACHE_DIR): ``$EQUIPOT_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/equipot/inductor``, else ``~/.cache/equipot/inductor``. The graph of a
-    model depends on its architecture, not on its weights, so a later run of the same kind of
-    model (resuming, evaluating, MD after training) loads the compiled code instead of compiling
-    again: cold compiles of 4 to 10 minutes become starts of 1 to 2.5 (docs/benchmarks/compile-*.md). The cache holds
-    code that Inductor generated on this machine, never anything read from a model file."""
+    user chose one (TORCHINDUCTOR_CACHE_DIR): ``$EQUIPOT_CACHE_DIR/inductor/<cpu>``, else
+    ``$XDG_CACHE_HOME/equipot/inductor/<cpu>``, else ``~/.cache/equipot/inductor/<cpu>``, where
+    ``<cpu>`` names the processor and its instruction sets (Inductor builds for this CPU, and a
+    home folder may be shared by machines of several kinds). If that folder cannot be written,
+    torch's default stays. A traced graph depends on the architecture and the data statistics
+    baked into it (average neighbour count, scales), not on the weights, so resuming a run, or
+    running the same model file again in the same mode (training, or inference), loads the
+    compiled code instead of compiling again: cold compiles of 4 to 10 minutes become starts of
+    1.2 to 2.4 (docs/benchmarks/compile-*.md). The variable is set for the whole process (and its
+    children). The cache holds code that Inductor generated on this machine, never anything
+    read from a model file."""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
     chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
-        # torch writes its default into the variable when it first reads it: that is not a choice
-        base = os.environ.get("EQUIPOT_CACHE_DIR") or os.path.join(
-            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "equipot")
-        chosen = os.path.join(base, "inductor")
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = chosen
-    return chosen
+    if chosen is not None and os.path.abspath(chosen) != os.path.abspath(default_cache_dir()):
+        return chosen  # torch writes its default into the variable when it first reads it: not a choice
+    base = os.environ.get("EQUIPOT_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "equipot")
+    folder = os.path.abspath(os.path.join(os.path.expanduser(base), "inductor", _cpu_fingerprint()))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        writable = os.access(folder, os.W_OK)
+    except OSError:
+        writable = False
+    if not writable:  # a read-only home, as in some containers: torch's temporary folder
+        return os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    return folder
+
+
+def _cpu_fingerprint() -> str:
+    """A short name for this processor and its instruction-set flags."""
+    text = platform.machine() + platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [line for line in f if line.startswith(("model name", "flags", "Features", "CPU part"))]
+        text += "".join(sorted(set(lines)))
+    except OSError:
+        pass
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _with_empty_structure(graph: AtomicGraph) -> AtomicGraph:
