@@ -18,6 +18,7 @@ Writes docs/benchmarks/compile-<tag>.{json,md}.
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -118,6 +119,8 @@ def main() -> None:
                                                   if saved > 0 else ": compiling does not pay back here.")]
     (DOCS / f"compile-{tag}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
+    if not args.cache_dir:  # the fresh folder of a cold run
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 def _number(v) -> bool:

@@ -117,8 +117,9 @@ def test_long_range_models_are_refused():
 
 
 def test_traced_graph_for_other_layouts(model):
-    """What the trace itself must get right, through the cheapest backend (Dynamo only: no
-    AOTAutograd, no Inductor; the tests above cover those): edges not in
+    """What the trace itself must get right, through the cheapest backend (Dynamo only; the
+    tests above take AOTAutograd and Inductor through the usual layout, mirrored edges without
+    rows, not through these): edges not in
     mirrored halves, atoms without neighbours (rows of the neighbour table), weights changed in
     place between calls, and a batch with one atom with neighbours (a size-1 dimension the trace
     fixes), which must take a graph of its own."""
