@@ -23,8 +23,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 
 def parse_setting(text: str):
     key, _, value = text.partition("=")
@@ -64,11 +62,14 @@ def main() -> None:
     import torch._inductor.config as inductor_config
 
     from common import DOCS, machine, write_result
-    from profiling import train_step
+    from profiling import median_step_time, train_step
 
-    for key, value in args.inductor:
-        inductor_config.__setattr__(key, value) if "." not in key else setattr(
-            getattr(inductor_config, key.split(".")[0]), key.split(".", 1)[1], value)
+    for key, value in args.inductor:  # "cpp.threads" sets inductor_config.cpp.threads
+        *path, name = key.split(".")
+        target = inductor_config
+        for part in path:
+            target = getattr(target, part)
+        setattr(target, name, value)
     torch.set_num_threads(args.threads)
     args.compile = True
     step, what = train_step(args)  # compiled
@@ -80,14 +81,7 @@ def main() -> None:
     timings = step.evaluate.timings[0]
     times = {}
     for name, run in (("compiled", step), ("eager", train_step(argparse.Namespace(**{**vars(args), "compile": False}))[0])):
-        for _ in range(3):
-            run()
-        t = []
-        for _ in range(args.steps):
-            s = time.perf_counter()
-            run()
-            t.append(time.perf_counter() - s)
-        times[name] = float(np.median(t))
+        times[name] = median_step_time(run, args.steps)
     dynamo = torch._dynamo.utils.compile_times(repr="csv", aggregate=True)
     phases = dict(zip(dynamo[0], dynamo[1])) if isinstance(dynamo, tuple) else {}
 

@@ -91,6 +91,18 @@ def train_step(args):
     return step, f"batch of {args.batch_size} acac structures ({15 * args.batch_size} atoms)"
 
 
+def median_step_time(step, steps: int, warmup: int = 3) -> float:
+    """Seconds per call of ``step``: the median of ``steps`` timed calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("kind", choices=["inference", "train"])
@@ -118,13 +130,7 @@ def main() -> None:
         p.error("--vectorize is for train --compile, --no-vectorize for inference --compile")
     torch.set_num_threads(args.threads)
     step, what = inference_step(args) if args.kind == "inference" else train_step(args)
-    for _ in range(3):
-        step()
-    times = []
-    for _ in range(args.steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
+    median = median_step_time(step, args.steps)
     with torch.profiler.profile(record_shapes=True) as prof:
         for _ in range(args.steps):
             step()
@@ -140,7 +146,7 @@ def main() -> None:
         tag += "-vectorized" if args.kind == "train" else "-not-vectorized"
     md = [f"# Profile: {args.kind}, {tag}", "",
           f"Machine: {machine(args.threads)['cpu']}, {args.threads} thread(s), {args.dtype}; {what}; median step "
-          f"{1000 * float(np.median(times)):.1f} ms (without the profiler); {calls:.0f} aten operator calls per step. "
+          f"{1000 * median:.1f} ms (without the profiler); {calls:.0f} aten operator calls per step. "
           f"Command: `python benchmarks/profiling.py {' '.join(sys.argv[1:])}`", "",
           "| share | ms per step | calls per step | operator | input shapes |", "|---|---|---|---|---|"]
     for e in rows:
