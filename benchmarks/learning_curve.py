@@ -10,8 +10,11 @@ with N (``--minutes`` + ``--minutes-per-100`` per 100 structures), then is evalu
 whole test file and, in float64, on the first ``--rotation-configs`` test structures turned by
 ``--rotations`` random rotations: an equivariant model's error is the same in every
 orientation (spread at float64 rounding), a model that learnt invariance from data is not.
-Points are kept in runs/learning_curve/<dataset>/ and skipped when done, so the command can be
-stopped and started again. Writes docs/benchmarks/learning_curve-<dataset>.{json,md,png}.
+A point's record (its errors, budget, epochs and command) is written to
+docs/benchmarks/learning_curve-points/<dataset>[-<tag>]/<model>-n<N>.json, to be committed, and
+its training run to runs/learning_curve/; a point whose record exists is skipped, so a curve can
+be stopped and continued later, on another machine too (``--rotations-only`` needs the runs).
+Writes docs/benchmarks/learning_curve-<dataset>[-<tag>].{json,md,png}.
 """
 
 import argparse
@@ -52,14 +55,21 @@ def budget_minutes(n: int, args) -> float:
     return args.minutes + args.minutes_per_100 * n / 100.0
 
 
-RUNS = REPO / "runs" / "learning_curve"
+RUNS = REPO / "runs" / "learning_curve"  # training runs (models, checkpoints): not committed
+RECORDS = DOCS / "learning_curve-points"  # one JSON per point: committed, so curves continue elsewhere
 
 
 TAG = ""  # --tag: a separate set of points (another budget), docs learning_curve-<dataset>-<tag>
 
 
 def point_dir(dataset: str) -> Path:
+    """Where the training runs of a curve's points go."""
     return RUNS / (dataset + (f"-{TAG}" if TAG else ""))
+
+
+def record_dir(dataset: str) -> Path:
+    """Where the records of a curve's points go (one JSON per point)."""
+    return RECORDS / (dataset + (f"-{TAG}" if TAG else ""))
 
 
 def doc_name(dataset: str) -> str:
@@ -94,12 +104,15 @@ def run_point(dataset: str, name: str, n: int, args) -> dict:
     from equipot.evaluate import evaluate_file
 
     spec, out = DATASETS[dataset], point_dir(dataset)
-    record_path = out / f"{name}-n{n}.json"
+    record_path = record_dir(dataset) / f"{name}-n{n}.json"
     if record_path.exists():
         point = json.loads(record_path.read_text())
         if point.get("scheduler", "plateau") != args.scheduler:
             raise SystemExit(f"{record_path} was trained with the {point.get('scheduler', 'plateau')} schedule, "
                              f"not {args.scheduler}: keep the two sets apart with --tag")
+        if not math.isclose(point["budget_minutes"], budget_minutes(n, args)):
+            raise SystemExit(f"{record_path} was trained for {point['budget_minutes']:g} min, not "
+                             f"{budget_minutes(n, args):g}: keep the two sets apart with --tag")
         return point
     minutes = budget_minutes(n, args)
     values = {
@@ -128,6 +141,7 @@ def run_point(dataset: str, name: str, n: int, args) -> dict:
              "n_rotations": args.rotations, "n_rotated_configs": len(configs), "threads": args.threads,
              "command": "python " + " ".join(["benchmarks/learning_curve.py"] + sys.argv[1:]),
              "patience": args.patience, "scheduler": args.scheduler}
+    record_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = record_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(point, indent=1))
     tmp.replace(record_path)
@@ -141,9 +155,12 @@ def reevaluate_rotations(dataset: str, args) -> None:
 
     test = DATA / DATASETS[dataset]["test"]
     configs = read_configurations(str(test), keys={"energy": "energy", "forces": "forces"})[: args.rotation_configs]
-    for path in sorted(point_dir(dataset).glob("*-n*.json")):
+    for path in sorted(record_dir(dataset).glob("*-n*.json")):
         point = json.loads(path.read_text())
-        rmses = rotated_errors(str(path.with_suffix("") / "model.safetensors"), configs, args.rotations)
+        model_path = point_dir(dataset) / path.stem / "model.safetensors"
+        if not model_path.exists():
+            raise SystemExit(f"{path.name}: its model {model_path} is not on this machine; train the point again")
+        rmses = rotated_errors(str(model_path), configs, args.rotations)
         point.update({"rotated_forces_rmse_mean": float(rmses.mean()), "rotated_forces_rmse_std": float(rmses.std()),
                       "rotated_forces_rmse_range": float(rmses.max() - rmses.min()),
                       "n_rotations": args.rotations, "n_rotated_configs": len(configs)})
@@ -164,9 +181,9 @@ def slope(points) -> float:
 
 def report(dataset: str, args) -> None:
     spec = DATASETS[dataset]
-    points = [json.loads(p.read_text()) for p in sorted(point_dir(dataset).glob("*-n*.json"))]
+    points = [json.loads(p.read_text()) for p in sorted(record_dir(dataset).glob("*-n*.json"))]
     if not points:
-        sys.exit(f"no points yet in {point_dir(dataset)}")
+        sys.exit(f"no points yet in {record_dir(dataset)}")
     by_model = {}
     for p in sorted(points, key=lambda p: p["n_train"]):
         by_model.setdefault(p["model"], []).append(p)
@@ -194,15 +211,18 @@ def report(dataset: str, args) -> None:
     threads = points[0]["threads"]
     schedulers = sorted({p.get("scheduler", "plateau") for p in points})
     doc = doc_name(dataset)
+    budgets = {p["n_train"]: p["budget_minutes"] for p in points}  # the same rule for every model of a curve
+    patience = sorted({p.get("patience") or 0 for p in points})
     path = write_result(doc, threads, records,
-                        extra={"budget": f"{args.minutes:g} min + {args.minutes_per_100:g} min per 100 structures",
-                               "patience": args.patience, "scheduler": schedulers})
+                        extra={"budget_minutes": {str(n): b for n, b in sorted(budgets.items())},
+                               "patience": patience, "scheduler": schedulers})
     sizes = sorted({p["n_train"] for p in points})
     md = [f"# Learning curves: {dataset}, force MAE on {split} (meV/Å)", "",
           f"Machine: {machine(threads)['cpu']}, {threads} thread(s) per run; float32 training; each point trained for "
-          f"{args.minutes:g} min + {args.minutes_per_100:g} min per 100 structures of wall-clock at most, validation on "
+          "at most " + ", ".join(f"{budgets[n]:g} min at N={n}" for n in sorted(budgets)) + " of wall-clock, validation on "
           f"the same seeded structures for every point"
-          + (f", early stopping after {args.patience} epochs without improvement" if args.patience else "")
+          + (", early stopping after " + " / ".join(map(str, patience)) + " epochs without improvement"
+             if any(patience) else "")
           + ", learning rate " + " / ".join({"plateau": "×0.8 on plateaus", "budget": "a cosine to 0 over the budget"}[x]
                                             for x in schedulers)
           + f". Command: `python benchmarks/learning_curve.py {dataset} ...` "
