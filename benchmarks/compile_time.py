@@ -6,8 +6,9 @@ compiled steps then save against the eager model.
     python benchmarks/compile_time.py ... --vectorize        # Inductor's SIMD loops on
     python benchmarks/compile_time.py ... --inductor KEY=VALUE  # any other Inductor setting
 
-The model and batches are those of `benchmarks/profiling.py train` (acac, batches of five
-structures, forces in the loss). Phases: the make_fx trace of energy and derivatives (its node
+The model and batches are those of `benchmarks/profiling.py train` (acac, or ethanol with
+--dataset, batches of five structures, forces in the loss); a cache filled on one data set and
+read on the other shows whether the data statistics change the compiled graph. Phases: the make_fx trace of energy and derivatives (its node
 count says how big the graph handed to Inductor is), the whole first step (the trace, Dynamo
 over the traced graph, AOTAutograd's split into forward and backward, Inductor's code for both
 and the C++ builds, which run in Inductor's pool of build processes), and Dynamo's own timers. By
@@ -41,6 +42,8 @@ def main() -> None:
     p.add_argument("--lmax", type=int, default=2)
     p.add_argument("--channels", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=5)
+    p.add_argument("--dataset", default="acac", choices=["acac", "ethanol"],
+                   help="the batches and statistics (both H, C, O: the same architecture)")
     p.add_argument("--product-mixing", action="store_true")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--dtype", default="float32")
@@ -85,13 +88,16 @@ def main() -> None:
     dynamo = torch._dynamo.utils.compile_times(repr="csv", aggregate=True)
     phases = dict(zip(dynamo[0], dynamo[1])) if isinstance(dynamo, tuple) else {}
 
+    counters = torch._dynamo.utils.counters["inductor"]
+    cache_hits = {k: int(counters[k]) for k in ("fxgraph_cache_hit", "fxgraph_cache_miss")}
     tag = args.tag or (f"lmax{args.lmax}-c{args.channels}-b{args.batch_size}" + ("-mix" if args.product_mixing else "")
+                       + (f"-{args.dataset}" if args.dataset != "acac" else "")
                        + ("-vectorized" if args.vectorize else "") + "".join(f"-{k}={v}".replace("/", "_") for k, v in args.inductor)
                        + ("-warm" if warm_cache else ""))
     record = dict(model="equipot", variant=tag, dtype=args.dtype, unit="s")
     records = [
         {**record, "metric": "trace_s", "value": round(timings["trace_s"], 2), "nodes": timings["nodes"]},
-        {**record, "metric": "first_step_s", "value": round(first, 2), "warm_cache": warm_cache},
+        {**record, "metric": "first_step_s", "value": round(first, 2), "warm_cache": warm_cache, **cache_hits},
         {**record, "metric": "step_s_compiled", "value": round(times["compiled"], 5)},
         {**record, "metric": "step_s_eager", "value": round(times["eager"], 5)},
     ]
@@ -100,7 +106,8 @@ def main() -> None:
     saved = times["eager"] - times["compiled"]
     md = [f"# Compile time of a training step: {tag}", "",
           f"Machine: {machine(args.threads)['cpu']}, {args.threads} thread(s), {args.dtype}; {what}; "
-          f"Inductor cache {'warm' if warm_cache else 'cold (empty)'}. "
+          f"Inductor cache {'warm' if warm_cache else 'cold (empty)'}; its compiled graphs found there "
+          f"{cache_hits['fxgraph_cache_hit']}, compiled anew {cache_hits['fxgraph_cache_miss']}. "
           f"Command: `python benchmarks/compile_time.py {' '.join(sys.argv[1:])}`", "",
           *([args.note, ""] if args.note else []),
           "| phase | s |", "|---|---|",

@@ -60,10 +60,12 @@ def train_step(args):
     from equipot.train import Trainer
     from equipot.train.loss import combine, squared_error_terms
 
+    dataset = getattr(args, "dataset", "acac")
+    data = {"acac": {"train": str(DATA / "acac/train_300K.xyz"), "e0s": str(DATA / "acac/isolated_atoms.xyz")},
+            "ethanol": {"train": str(DATA / "ethanol/train.xyz"), "e0s": "fit"}}[dataset]
     config = config_from_dict({
         "output_dir": str(REPO / "runs" / "profile-train"), "seed": 1,
-        "data": {"train": str(DATA / "acac/train_300K.xyz"), "valid_fraction": 0.1, "max_train": 100,
-                 "e0s": str(DATA / "acac/isolated_atoms.xyz"), "keys": {"energy": "energy", "forces": "forces"}},
+        "data": {**data, "valid_fraction": 0.1, "max_train": 100, "keys": {"energy": "energy", "forces": "forces"}},
         "model": {"lmax": args.lmax, "channels": args.channels, "product_mixing": args.product_mixing},
         "training": {"threads": args.threads, "batch_size": args.batch_size, "dtype": args.dtype},
     }, "profile config")
@@ -88,7 +90,8 @@ def train_step(args):
             trainer.ema.update(trainer.model)
 
     step.evaluate = evaluate
-    return step, f"batch of {args.batch_size} acac structures ({15 * args.batch_size} atoms)"
+    atoms = graphs[0].positions.shape[0]
+    return step, f"batch of {args.batch_size} {dataset} structures ({atoms} atoms)"
 
 
 def median_step_time(step, steps: int, warmup: int = 3) -> float:

@@ -5,6 +5,7 @@ energies, forces, stress and typed outputs, and the same gradients of a loss on 
 (the trace turns the force pass into ordinary operations, so this checks the second derivatives).
 """
 
+import dataclasses
 import os
 
 import numpy as np
@@ -220,3 +221,46 @@ def test_simd_loops_off_for_training_on_for_inference(model):
     assert CompiledPotential(model, vectorize=True).options is None
     assert CompiledPotential(model, inference=True, vectorize=False).options == {"cpp.simdlen": 1}
     assert CompiledPotential(model, backend="eager").options is None
+
+
+def _energy_of(evaluate, graph, layout):
+    def energy(named, positions):
+        moved = dataclasses.replace(graph, positions=positions)
+        return torch.func.functional_call(evaluate, named, (moved, layout))["energy"]
+    return energy
+
+
+@pytest.mark.parametrize("architecture", ["equivariant", "cartesian"])
+def test_data_statistics_are_inputs_of_the_trace(float64_without_einsum_search, architecture):
+    """Two models of one architecture fitted to different data (average neighbour count, energy
+    scale and shifts) trace to the same graph, so a compiled graph, and Inductor's cache of it,
+    serves both: the statistics reach the graph as inputs, not as constants baked into it."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from equipot.model.compiled import _Evaluate
+
+    config = ModelConfig(architecture=architecture, r_max=R_MAX, num_layers=2, channels=4, lmax=1, correlation=2,
+                         num_basis=4, radial_hidden=[8], readout_hidden=4)
+    graph = _batch(np.random.default_rng(1), [5, 6], True)
+    traced, weights, energies = [], [], []
+    for avg, scale, shift in ((6.0, 0.8, -0.3), (11.5, 0.25, 0.7)):
+        stats = Statistics(species=[1, 6, 8], e0={1: -13.6, 6: -1029.5, 8: -2041.3}, energy_shift=shift,
+                           energy_scale=scale, avg_num_neighbors=avg)
+        torch.manual_seed(0)  # the same weights: only the statistics differ
+        model = build_model(config, stats, torch.float64)
+        evaluate, layout = _Evaluate(model), model.layout(graph)
+        named = {k: v.detach() for k, v in [*evaluate.named_parameters(), *evaluate.named_buffers()]}
+
+        with torch.enable_grad():
+            traced.append(make_fx(_energy_of(evaluate, graph, layout), tracing_mode="real")(named, graph.positions))
+        weights.append(named)
+        energies.append(model(graph)["energy"].detach())
+    assert not torch.allclose(energies[0], energies[1])  # the statistics matter
+    assert traced[0].code == traced[1].code
+    constants = [{k: v for k, v in gm.state_dict().items()} for gm in traced]
+    assert constants[0].keys() == constants[1].keys()
+    for key in constants[0]:
+        torch.testing.assert_close(constants[0][key], constants[1][key], rtol=0, atol=0, msg=key)
+    # and the first model's graph, given the second model's weights and statistics, is the second model
+    with torch.enable_grad():
+        torch.testing.assert_close(traced[0](weights[1], graph.positions), energies[1], rtol=1e-12, atol=1e-12)

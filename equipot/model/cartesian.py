@@ -54,7 +54,8 @@ class CartesianLayer(nn.Module):
         self.filter = _mlp([num_basis + 3, *radial_hidden, channels])
         self.source = _linear(channels, channels, bias=False)
         self.update = _mlp([2 * channels, channels, channels], bias=False)
-        self.inv_neighbors = 1.0 / avg_num_neighbors
+        # a buffer for the reason given in equipot.nn.interaction
+        self.register_buffer("inv_neighbors", torch.tensor(1.0 / avg_num_neighbors), persistent=False)
         self.residual = residual
 
     def forward(self, h, edge_input, envelope, edge_src, edge_dst):

@@ -22,8 +22,8 @@ structure (a lone structure at inference is evaluated in a batch with an empty o
 structure in training by the eager model). A cold compile of a training graph takes 4 minutes
 (lmax 1, 16 channels) to 10 (lmax 2, 64 channels) on the EPYC machine (one torch thread, Inductor's
 two build processes); Inductor keeps what it built in a cache (:func:`use_persistent_cache`), and
-resuming, or the same model file run again in the same mode, then starts in 1.2 to 2.4 minutes,
-mostly the trace.
+resuming, the same model file run again in the same mode, or a model of the same architecture
+trained on another data set, then starts in 1.2 to 2.4 minutes, mostly the trace.
 
 The results equal the eager model's to rounding (tests/test_compiled.py: float64, values and
 the gradients of a force loss).
@@ -192,10 +192,12 @@ def use_persistent_cache() -> str:
     ``$XDG_CACHE_HOME/equipot/inductor/<cpu>``, else ``~/.cache/equipot/inductor/<cpu>``, where
     ``<cpu>`` names the processor and its instruction sets (Inductor builds for this CPU, and a
     home folder may be shared by machines of several kinds). If that folder cannot be written,
-    torch's default stays. A traced graph depends on the architecture and the data statistics
-    baked into it (average neighbour count, scales), not on the weights, so resuming a run, or
-    running the same model file again in the same mode (training, or inference), loads the
-    compiled code instead of compiling again: cold compiles of 4 to 10 minutes become starts of
+    torch's default stays. A traced graph depends on the architecture (elements, sizes, options),
+    not on the weights nor on the data statistics (average neighbour count, energy scale and
+    shifts reach it as inputs, like the weights), so resuming a run, running the same model file
+    again in the same mode (training, or inference: their graphs differ), or training a model of
+    the same architecture on another data set loads the compiled code instead of compiling again:
+    cold compiles of 4 to 10 minutes become starts of
     1.2 to 2.4 (docs/benchmarks/compile-*.md). The variable is set for the whole process (and its
     children). The cache holds code that Inductor generated on this machine, never anything
     read from a model file."""

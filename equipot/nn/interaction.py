@@ -124,7 +124,9 @@ class Interaction(nn.Module):
     ):
         super().__init__()
         self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
-        self.avg_num_neighbors = float(avg_num_neighbors)
+        # a buffer, not a constant: a compiled step takes it as an input, so models of one
+        # architecture share one compiled graph whatever data set set its value
+        self.register_buffer("avg_num_neighbors", torch.tensor(float(avg_num_neighbors)), persistent=False)
         self.linear_up = o3.Linear(self.irreps_in, self.irreps_in)
         allowed = [ir for _, ir in irreps_hidden]
         irreps_mid, instructions = uvu_instructions(self.irreps_in, irreps_sh, allowed)
