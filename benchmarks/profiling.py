@@ -147,8 +147,12 @@ def main() -> None:
                        else f"{args.atoms}" + ("-compiled" if args.compile else ""))
     if args.compile and (args.vectorize if args.kind == "train" else args.no_vectorize):
         tag += "-vectorized" if args.kind == "train" else "-not-vectorized"
+    simd = ""
+    if args.compile:  # CompiledPotential's default: SIMD loops for inference, not for training
+        on = args.vectorize if args.kind == "train" else not args.no_vectorize
+        simd = f"; compiled, Inductor's SIMD loops {'on' if on else 'off'}"
     md = [f"# Profile: {args.kind}, {tag}", "",
-          f"Machine: {machine(args.threads)['cpu']}, {args.threads} thread(s), {args.dtype}; {what}; median step "
+          f"Machine: {machine(args.threads)['cpu']}, {args.threads} thread(s), {args.dtype}; {what}{simd}; median step "
           f"{1000 * median:.1f} ms (without the profiler); {calls:.0f} aten operator calls per step. "
           f"Command: `python benchmarks/profiling.py {' '.join(sys.argv[1:])}`", "",
           "| share | ms per step | calls per step | operator | input shapes |", "|---|---|---|---|---|"]

@@ -104,6 +104,7 @@ def main() -> None:
     lines += ["## Physical checks (benchmarks/physics.py)", ""] + sections("physics-")
     lines += ["## Compile time of a training step (benchmarks/compile_time.py)", ""] + sections("compile-")
     lines += simple_section("kernels")
+    lines += simple_section("linear")
     lines += simple_section("flops")
     lines += simple_section("nve_drift") + simple_section("data_memory")
     lines += ["## Typed outputs (issue 3)", ""] + sections("dipoles-") + sections("chirality-")

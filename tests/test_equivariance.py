@@ -186,9 +186,10 @@ def test_gate(lmax, parity):
 
 
 def _e3nn_modules(module):
-    """(name, submodule) for every e3nn submodule with declared input/output irreps."""
+    """(name, submodule) for every e3nn submodule with declared input/output irreps, ours that
+    subclass one (equipot.o3.Linear) included."""
     for name, sub in module.named_modules():
-        if not type(sub).__module__.startswith("e3nn"):
+        if not any(cls.__module__.startswith("e3nn") for cls in type(sub).__mro__):
             continue
         if hasattr(sub, "irreps_in1") or isinstance(sub, o3.SphericalHarmonics):
             yield name, sub

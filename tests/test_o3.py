@@ -5,7 +5,7 @@ import torch
 from e3nn import o3
 
 from equipot.nn.interaction import uvu_instructions
-from equipot.o3 import ChannelConvolution, ScalarConvolution, neighbour_slots
+from equipot.o3 import ChannelConvolution, Linear, ScalarConvolution, neighbour_slots
 
 CASES = [  # scalar inputs, harmonics up to l, irreps the messages may have
     ("5x0e", 1, "0e+1o"),
@@ -154,3 +154,40 @@ def test_channel_convolution_takes_the_cheap_contractions(float64_without_einsum
     mid, instructions = uvu_instructions(irreps_in, sh, [ir for _, ir in o3.Irreps("0e+0o+1o+1e+2e+2o")])
     kinds = {entry[-1][0] for _, entries in ChannelConvolution(irreps_in, sh, mid, instructions).groups for entry in entries}
     assert kinds == {"identity_left", "identity_right", "trace", "general"}
+
+
+@pytest.mark.parametrize("irreps_in, irreps_out", [
+    ("16x0e+16x1o", "16x0e+16x1o"),  # a layer's own width
+    ("8x0e+4x0o+8x1o+3x1e+8x2e", "5x0e+2x0o+6x1o+6x2e"),  # both parities; 1e has no output
+    ("4x0e+3x1o+2x0e+5x1o", "3x1o+4x0e+2x2e"),  # repeated irreps summed; 2e has no input: zeros
+    ("3x0e", "1x0e"),
+    ("2x1o", "0x0e+4x1o"),
+])
+def test_linear_matches_e3nn(float64_without_einsum_search, irreps_in, irreps_out):
+    """Our Linear is an o3.Linear with its own forward: the same weights give e3nn's result,
+    and the same first and second derivatives (a force pass and the gradient of a force loss)."""
+    torch.manual_seed(0)
+    ours = Linear(irreps_in, irreps_out)
+    theirs = o3.Linear(irreps_in, irreps_out)
+    theirs.load_state_dict(ours.state_dict())  # the same parameters and buffers, nothing else
+    x = torch.randn(7, 2, ours.irreps_in.dim, requires_grad=True)  # extra leading axes kept
+    results = []
+    for module in (ours, theirs):
+        module.zero_grad(set_to_none=True)
+        y = module(x)
+        (dx,) = torch.autograd.grad((y.sin() * torch.arange(y.shape[-1])).sum(), x, create_graph=True)
+        loss = (dx ** 2).sum()
+        dw, dxx = torch.autograd.grad(loss, [module.weight, x])
+        results.append((y, dx, dw, dxx))
+    assert results[0][0].shape == (7, 2, ours.irreps_out.dim)
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_linear_keeps_e3nns_external_weights():
+    """Weights passed in (a form equipot does not use) go through e3nn's own code."""
+    ours = Linear("3x0e+2x1o", "2x0e+2x1o")
+    w = torch.randn(ours.weight_numel)
+    x = torch.randn(4, ours.irreps_in.dim)
+    torch.testing.assert_close(ours(x, w), o3.Linear.forward(ours, x, w))
+    assert not torch.allclose(ours(x, w), ours(x))

@@ -7,8 +7,8 @@ from e3nn import o3
 from torch import nn
 
 from ..graph import mirrored_half
-from ..o3 import NeighbourTable, neighbour_slots
 from ..nn import Interaction, LinearReadout, MLPReadout, RadialEmbedding
+from ..o3 import Linear, NeighbourTable, neighbour_slots
 
 
 def hidden_irreps(channels: int, lmax: int, parity: str) -> o3.Irreps:
@@ -105,7 +105,7 @@ class EnergyModel(ShiftedEnergies):
         self.register_buffer("sh_parity", sign, persistent=False)
         self.radial = RadialEmbedding(r_max, num_basis)
         irreps_embed = o3.Irreps(f"{channels}x0e")
-        self.embedding = o3.Linear(o3.Irreps(f"{num_species}x0e"), irreps_embed)
+        self.embedding = Linear(o3.Irreps(f"{num_species}x0e"), irreps_embed)
         hidden = hidden_irreps(channels, lmax, parity)
         # features passed from layer to layer (and so along the edges of the next layer); with
         # message_lmax < lmax the higher irreps live only inside a layer (A and its products),

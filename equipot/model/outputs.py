@@ -18,6 +18,7 @@ from torch import nn
 
 from ..fields import Field
 from ..nn.heads import IrrepsHead, SE3ScalarHead
+from ..o3 import Linear
 
 
 def output_irreps(fields: List[Field], lmax: int) -> o3.Irreps:
@@ -61,7 +62,7 @@ class TypedOutputs(nn.Module):
         self.charges = IrrepsHead(self.irreps_in, o3.Irreps(f"{n_charge}x0e"), hidden) if needs_charges else None
         has_vectors = any(ir == o3.Irrep("1o") for _, ir in self.irreps_in)
         wants_dipole = any(f.kind == "dipole" for f in self.fields.values())
-        self.atomic_dipoles = o3.Linear(self.irreps_in, o3.Irreps("1o")) if (wants_dipole and has_vectors) else None
+        self.atomic_dipoles = Linear(self.irreps_in, o3.Irreps("1o")) if (wants_dipole and has_vectors) else None
         for name, f in self.fields.items():
             if f.kind == "se3_scalar":
                 self.heads[name] = SE3ScalarHead(self.irreps_in, hidden)

@@ -7,6 +7,8 @@ import torch
 from e3nn import o3
 from torch import nn
 
+from ..o3 import Linear
+
 
 def _channels(irreps: o3.Irreps, ir: o3.Irrep) -> int:
     return sum(mul for mul, x in irreps if x == ir)
@@ -30,17 +32,17 @@ class IrrepsHead(nn.Module):
         self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out).simplify()
         scalars = [ir for _, ir in self.irreps_out if ir.l == 0]
         hidden_irreps = o3.Irreps([(hidden, ir) for ir in scalars])
-        self.hidden = o3.Linear(self.irreps_in, hidden_irreps) if scalars else None
+        self.hidden = Linear(self.irreps_in, hidden_irreps) if scalars else None
         self.acts = [torch.nn.functional.silu if ir.p == 1 else torch.tanh for ir in scalars]
         self.hidden_irreps = hidden_irreps
         n_odd = sum(mul for mul, ir in hidden_irreps if ir == o3.Irrep("0o"))
         has_even = _channels(self.irreps_in, o3.Irrep("0e")) > 0
         # sigmoid gates of the hidden 0o units, from the 0e features
-        self.odd_gate = o3.Linear(self.irreps_in, o3.Irreps(f"{n_odd}x0e")) if (gate_odd and n_odd and has_even) else None
+        self.odd_gate = Linear(self.irreps_in, o3.Irreps(f"{n_odd}x0e")) if (gate_odd and n_odd and has_even) else None
         # the last map: hidden scalars plus the raw non-scalar features -> irreps_out
         rest = o3.Irreps([(mul, ir) for mul, ir in self.irreps_in if ir.l > 0 and ir in self.irreps_out])
         self.rest_slices = [s for (mul, ir), s in zip(self.irreps_in, self.irreps_in.slices()) if ir.l > 0 and ir in self.irreps_out]
-        self.out = o3.Linear(hidden_irreps + rest, self.irreps_out)
+        self.out = Linear(hidden_irreps + rest, self.irreps_out)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         parts = []

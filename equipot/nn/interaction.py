@@ -20,7 +20,7 @@ from e3nn import nn as enn
 from e3nn import o3
 from torch import nn
 
-from ..o3 import ChannelConvolution, NeighbourTable, ScalarConvolution
+from ..o3 import ChannelConvolution, Linear, NeighbourTable, ScalarConvolution
 from .gate import make_gate
 from .radial import RadialNetwork
 
@@ -82,7 +82,7 @@ class ProductBasis(nn.Module):
         self.select = self.irreps_out != irreps
         self.products = nn.ModuleList()
         self.weights = nn.ParameterList()
-        self.mix = nn.ModuleList([o3.Linear(irreps, irreps) for _ in range(correlation - 1)]) if mixing else None
+        self.mix = nn.ModuleList([Linear(irreps, irreps) for _ in range(correlation - 1)]) if mixing else None
         for c in range(correlation - 1):
             target = self.irreps_out if c == correlation - 2 else irreps
             tp = o3.TensorProduct(
@@ -127,7 +127,7 @@ class Interaction(nn.Module):
         # a buffer, not a constant: a compiled step takes it as an input, so models of one
         # architecture share one compiled graph whatever data set set its value
         self.register_buffer("avg_num_neighbors", torch.tensor(float(avg_num_neighbors)), persistent=False)
-        self.linear_up = o3.Linear(self.irreps_in, self.irreps_in)
+        self.linear_up = Linear(self.irreps_in, self.irreps_in)
         allowed = [ir for _, ir in irreps_hidden]
         irreps_mid, instructions = uvu_instructions(self.irreps_in, irreps_sh, allowed)
         # scalar inputs (the first layer, and every layer with message_lmax 0) take our
@@ -146,14 +146,14 @@ class Interaction(nn.Module):
             self.conv = o3.TensorProduct(self.irreps_in, irreps_sh, irreps_mid, instructions,
                                          shared_weights=False, internal_weights=False)
         self.radial = RadialNetwork([num_basis] + list(radial_hidden) + [self.conv.weight_numel])
-        self.linear_msg = o3.Linear(irreps_mid, irreps_hidden)
+        self.linear_msg = Linear(irreps_mid, irreps_hidden)
         self.gate = make_gate(self.irreps_out)
         # only the irreps the gate reads are formed by the products
         wanted = {ir for _, ir in self.gate.irreps_in}
         irreps_products = o3.Irreps([(mul, ir) for mul, ir in o3.Irreps(irreps_hidden) if ir in wanted])
         self.product = ProductBasis(o3.Irreps(irreps_hidden), num_species, correlation, irreps_products,
                                     mixing=product_mixing)
-        self.linear_out = o3.Linear(irreps_products, self.gate.irreps_in)
+        self.linear_out = Linear(irreps_products, self.gate.irreps_in)
         self.skip = (
             o3.FullyConnectedTensorProduct(self.irreps_in, o3.Irreps(f"{num_species}x0e"), self.irreps_out)
             if self_connection
