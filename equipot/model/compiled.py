@@ -20,10 +20,12 @@ kind of batch that needs different operations (edges mirrored or not; some atoms
 neighbours) and for each dtype and device; torch.compile itself compiles again for a batch of one
 structure (a lone structure at inference is evaluated in a batch with an empty one, and a lone
 structure in training by the eager model). A cold compile of a training graph takes 4 minutes
-(lmax 1, 16 channels) to 10 (lmax 2, 64 channels) on the EPYC machine (one torch thread, Inductor's
-two build processes); Inductor keeps what it built in a cache (:func:`use_persistent_cache`), and
-resuming, the same model file run again in the same mode, or a model of the same architecture
-trained on another data set, then starts in 1.2 to 2.4 minutes, mostly the trace.
+(lmax 1, 16 channels) to 10 (lmax 2, 64 channels) on the EPYC machine (one torch thread), most of
+it Inductor's code generation and C++ builds; Inductor keeps what it built in a cache
+(:func:`use_persistent_cache`), and resuming, the same model file run again in the same mode, or a
+model of the same architecture trained on another data set, then starts after the trace and
+Dynamo's pass over it (28 s at lmax 1 / 16 channels; larger models not measured since the trace
+became cheaper, 2.4 minutes at lmax 2 / 64 before).
 
 The results equal the eager model's to rounding (tests/test_compiled.py: float64, values and
 the gradients of a force loss).
@@ -39,6 +41,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
+from torch._dynamo import config as dynamo_config
 from torch.fx.experimental import _config as fx_config
 from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -180,7 +183,11 @@ class CompiledPotential:
 
         detached = {k: v.detach() for k, v in named.items()}
         start = time.perf_counter()
-        graph_module = make_fx(traced, tracing_mode="symbolic")(detached, tensors, slots)
+        # without the fake-tensor dispatch cache: under symbolic sizes most of its entries are
+        # made for one use, and making them took a third of the trace (12-13 s against 16-22 at
+        # lmax 1 / 16 channels, 24 against 34-38 at lmax 2 / 64; the same graph either way)
+        with dynamo_config.patch(fake_tensor_cache_enabled=False):
+            graph_module = make_fx(traced, tracing_mode="symbolic")(detached, tensors, slots)
         self.timings.append({"trace_s": time.perf_counter() - start, "nodes": len(graph_module.graph.nodes)})
         return torch.compile(graph_module, backend=self.backend, dynamic=True, fullgraph=True,
                              options=self.options), names
@@ -197,8 +204,8 @@ def use_persistent_cache() -> str:
     shifts reach it as inputs, like the weights), so resuming a run, running the same model file
     again in the same mode (training, or inference: their graphs differ), or training a model of
     the same architecture on another data set loads the compiled code instead of compiling again:
-    cold compiles of 4 to 10 minutes become starts of
-    1.2 to 2.4 (docs/benchmarks/compile-*.md). The variable is set for the whole process (and its
+    a cold compile of 4 minutes (lmax 1 / 16 channels) became a start of 28 s
+    (docs/benchmarks/compile-*.md; larger models take longer). The variable is set for the whole process (and its
     children). The cache holds code that Inductor generated on this machine, never anything
     read from a model file."""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
