@@ -110,6 +110,9 @@ def run_point(dataset: str, name: str, n: int, args) -> dict:
         if point.get("scheduler", "plateau") != args.scheduler:
             raise SystemExit(f"{record_path} was trained with the {point.get('scheduler', 'plateau')} schedule, "
                              f"not {args.scheduler}: keep the two sets apart with --tag")
+        if point.get("patience") != args.patience:
+            raise SystemExit(f"{record_path} was trained with patience {point.get('patience')}, not "
+                             f"{args.patience}: keep the two sets apart with --tag")
         if not math.isclose(point["budget_minutes"], budget_minutes(n, args)):
             raise SystemExit(f"{record_path} was trained for {point['budget_minutes']:g} min, not "
                              f"{budget_minutes(n, args):g}: keep the two sets apart with --tag")

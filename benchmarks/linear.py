@@ -6,8 +6,8 @@ For layers of the widths the models use, two figures each: the time of a forward
 pass (the derivative with respect to the inputs, kept differentiable) and the backward of a loss
 on it, at 75 rows (a training batch of five acac structures) and 960 (a box at inference),
 float32, median of repeats; and the seconds and graph nodes of tracing that same computation
-with make_fx and symbolic sizes, as equipot.model.compiled does for a whole model (the second of
-two traces, so one-time set-up is not counted). Both compute the same function with the same
+with make_fx and symbolic sizes, as equipot.model.compiled does for a whole model (without the
+fake-tensor cache, as there; the second of two traces, so one-time set-up is not counted). Both compute the same function with the same
 weights (tests/test_o3.py). Writes docs/benchmarks/linear.{json,md}.
 """
 
@@ -16,6 +16,7 @@ import sys
 import time
 
 import torch
+from torch._dynamo import config as dynamo_config
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from common import DOCS, machine, write_result
@@ -43,7 +44,8 @@ def trace_cost(module, rows: int):
     x = torch.randn(rows, module.irreps_in.dim)
     for _ in range(2):
         start = time.perf_counter()
-        with torch.enable_grad():
+        # as equipot.model.compiled traces: without the fake-tensor dispatch cache
+        with torch.enable_grad(), dynamo_config.patch(fake_tensor_cache_enabled=False):
             traced = make_fx(force_pass(module), tracing_mode="symbolic")(weights, x)
         seconds = time.perf_counter() - start
     return seconds, len(traced.graph.nodes)

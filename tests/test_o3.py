@@ -162,6 +162,7 @@ def test_channel_convolution_takes_the_cheap_contractions(float64_without_einsum
     ("4x0e+3x1o+2x0e+5x1o", "3x1o+4x0e+2x2e"),  # repeated irreps summed; 2e has no input: zeros
     ("3x0e", "1x0e"),
     ("2x1o", "0x0e+4x1o"),
+    ("0x0e+3x1o+2x0e", "2x0e+3x1o"),  # an input irrep of multiplicity 0
 ])
 def test_linear_matches_e3nn(float64_without_einsum_search, irreps_in, irreps_out):
     """Our Linear is an o3.Linear with its own forward: the same weights give e3nn's result,
@@ -182,6 +183,15 @@ def test_linear_matches_e3nn(float64_without_einsum_search, irreps_in, irreps_ou
     assert results[0][0].shape == (7, 2, ours.irreps_out.dim)
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for rows in (torch.zeros(0, ours.irreps_in.dim), torch.randn(3, ours.irreps_in.dim).float()):
+        torch.testing.assert_close(ours.float()(rows.float()), theirs.float()(rows.float()))  # no rows; float32
+
+
+def test_linear_without_inputs_gives_zeros_like_e3nn():
+    ours, theirs = Linear("", "4x0e+1x1o"), o3.Linear("", "4x0e+1x1o")
+    x = torch.zeros(5, 2, 0)
+    assert ours(x).shape == theirs(x).shape == (5, 2, 7)
+    assert not ours(x).any() and not theirs(x).any()
 
 
 def test_linear_keeps_e3nns_external_weights():

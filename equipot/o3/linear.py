@@ -4,11 +4,11 @@
 α_k Σ_{inputs i of the same irrep} W_ik^T x_i, with x_i of shape (atoms, mul_i, 2l+1), W_ik of
 shape (mul_i, mul_k) and α_k = (Σ_i mul_i)^(-1/2). e3nn generates code for it that goes through
 einsum. Traced with symbolic sizes (``make_fx`` in :mod:`equipot.model.compiled`, where every
-layer is traced through a force pass and that pass's own derivative), such a layer took 1.1–2.7 s
-of the trace and 82–218 graph nodes, against 0.4–1.0 s and 53–141 for the form here, per output
+layer is traced through a force pass and that pass's own derivative), such a layer took 0.4–1.3 s
+of the trace and 82–218 graph nodes, against 0.2–0.5 s and 53–141 for the form here, per output
 irrep one matrix product W^T x over the channel axis (batched over atoms for l > 0, which in
 e3nn's channel-major layout needs no transposes), then one concatenation; evaluated eagerly it is
-as fast or up to 17 % faster (``benchmarks/linear.py``, docs/benchmarks/linear.md). The weights,
+3–13 % faster (``benchmarks/linear.py``, docs/benchmarks/linear.md). The weights,
 their layout and normalisation are e3nn's (the module *is* an ``o3.Linear``, so model files are
 unchanged); ``tests/test_o3.py`` checks values and first and second derivatives against e3nn.
 """
@@ -22,7 +22,10 @@ from e3nn import o3
 class Linear(o3.Linear):
     """``o3.Linear(irreps_in, irreps_out)`` with internal, shared weights and no biases (the
     only form equipot uses), evaluated by :meth:`forward` below instead of e3nn's generated
-    code. Inputs of shape (..., irreps_in.dim)."""
+    code. Inputs of shape (..., irreps_in.dim).
+
+    e3nn marks its Linear for TorchScript; this forward is not scriptable (equipot never
+    scripts: compiled evaluation traces with make_fx, see equipot.model.compiled)."""
 
     def __init__(self, irreps_in, irreps_out):
         super().__init__(irreps_in, irreps_out)
@@ -46,6 +49,8 @@ class Linear(o3.Linear):
         if weight is not None or bias is not None:
             return super().forward(features, weight, bias)
         shape = features.shape[:-1]
+        if self.irreps_in.dim == 0:  # nothing to mix: zeros, as e3nn gives
+            return features.new_zeros(*shape, self.irreps_out.dim)
         x = features.reshape(-1, self.irreps_in.dim)
         n = x.shape[0]
         outs = []
