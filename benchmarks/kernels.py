@@ -11,13 +11,13 @@ Writes docs/benchmarks/kernels.{json,md}. The results of both are equal (tests/t
 
 import argparse
 import sys
-import time
 
 import numpy as np
 import torch
 from e3nn import o3
 
 from common import DOCS, machine, write_result
+from profiling import median_step_time
 
 from equipot.nn.interaction import uvu_instructions
 from equipot.o3 import ChannelConvolution, ScalarConvolution, neighbour_slots
@@ -37,17 +37,6 @@ def graph(n: int = 960, per_atom: int = 19, max_per_atom: int = 33, seed: int = 
     dst = np.repeat(np.arange(n), counts)
     src = g.integers(0, n, len(dst))
     return torch.as_tensor(src), torch.as_tensor(dst)
-
-
-def timed(fn, repeats: int) -> float:
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def main() -> None:
@@ -86,7 +75,7 @@ def main() -> None:
                 else:
                     out = kernel(x, sh, w, src, table)
                 torch.autograd.grad((out * probe).sum(), (x, sh, w))
-            times[name] = timed(step, args.repeats)
+            times[name] = median_step_time(step, args.repeats, warmup=2)
         base = times["e3nn TensorProduct + index_add"]
         for name, t in times.items():
             records.append({"model": "equipot", "variant": name, "dataset": label, "metric": "latency",

@@ -20,7 +20,7 @@ from torch._dynamo import config as dynamo_config
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from common import DOCS, machine, write_result
-from kernels import timed
+from profiling import median_step_time
 
 from e3nn import o3
 from equipot.o3 import Linear
@@ -71,7 +71,7 @@ def main() -> None:
                 def step():
                     energy, grad = run(weights, x.clone())
                     (energy + grad.square().sum()).backward()
-                result[name, n] = timed(step, args.repeats)
+                result[name, n] = median_step_time(step, args.repeats, warmup=2)
             result[name, "trace"] = trace_cost(module, 75)
         for name in ("e3nn o3.Linear", "equipot.o3.Linear"):
             common = {"model": "equipot", "variant": name, "dataset": irreps, "dtype": "float32"}
