@@ -78,12 +78,15 @@ def main() -> None:
     p.add_argument("--product-mixing", action="store_true", help="model.product_mixing: mixed channels in the node products")
     p.add_argument("--gate-odd", action="store_true",
                    help="model.gate_odd_outputs: the head's 0o units gated by the atom's 0e features")
+    p.add_argument("--sign-loss", action="store_true",
+                   help="training.loss.forms: {chirality: sign}: a logistic loss of the sign instead of the MSE to ±1")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     variant = "invariant-lmax0" if args.invariant else f"lmax{args.lmax}-both-c{args.channels}"
     variant += f"-l{args.layers}" if args.layers != 2 else ""
     variant += "-mix" if args.product_mixing else ""
     variant += "-gate" if args.gate_odd else ""
+    variant += "-sign" if args.sign_loss else ""
     variant += f"-ef{args.forces_weight:g}" if args.forces_weight > 0 else ""
     variant += f"-{args.budget_minutes:g}min" if args.budget_minutes != 10.0 else ""
     seeds_tag = "" if args.seeds == [11] else "-seed" + "-".join(map(str, args.seeds))
@@ -107,7 +110,8 @@ def main() -> None:
             "training": {"threads": args.threads, "batch_size": 10, "lr": 0.005, "max_epochs": 100000,
                          "max_minutes": args.budget_minutes, "patience": 100000, "lr_patience": 8,
                          "loss": {"energy": 1.0 if auxiliary else 0.0, "forces": args.forces_weight,
-                                  "outputs": {"chirality": 1.0}}},
+                                  "outputs": {"chirality": 1.0},
+                                  **({"forms": {"chirality": "sign"}} if args.sign_loss else {})}},
         }
         reused = args.reuse and finished_run(out / "train", values, args.budget_minutes)
         model = load_model(str(out / "train" / MODEL)) if reused else train_model(values)[0]

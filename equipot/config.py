@@ -79,12 +79,19 @@ class ModelConfig:
     gate_odd_outputs: bool = False
 
 
+LOSS_FORMS = ("mse", "sign")
+
+
 @dataclass
 class LossConfig:
     energy: float = 1.0  # weight of the per-atom energy MSE (eV/atom)^2
     forces: float = 100.0  # weight of the force-component MSE (eV/Å)^2
     stress: float = 0.0  # weight of the stress-component MSE (eV/Å³)^2
     outputs: Dict[str, float] = field(default_factory=dict)  # weight of each typed output's component MSE
+    # the form of a typed output's term: "mse" (the default), or "sign" for a scalar output whose
+    # label is a class by its sign (R/S as ±1, say): the logistic loss log(1 + exp(-y f)) with
+    # y = sign(label), which asks for the right sign with a margin and not for the label's size
+    forms: Dict[str, str] = field(default_factory=dict)
 
     def weight(self, name: str) -> float:
         """The weight of loss term ``name`` (energy, forces, stress or a typed output)."""
@@ -268,6 +275,11 @@ def _validate(config: Config, source: str) -> None:
         (all(k in config.model.outputs for k in w.outputs),
          f"training.loss.outputs names {sorted(set(w.outputs) - set(config.model.outputs))}, "
          f"which model.outputs does not declare (declared: {sorted(config.model.outputs) or 'none'})"),
+        (all(k in w.outputs for k in w.forms),
+         f"training.loss.forms names {sorted(set(w.forms) - set(w.outputs))}, which training.loss.outputs does "
+         f"not weigh (weighed: {sorted(w.outputs) or 'none'})"),
+        (all(v in LOSS_FORMS for v in w.forms.values()),
+         f"training.loss.forms: each form must be one of {', '.join(LOSS_FORMS)}; got {w.forms}"),
         (t.valid_batch_size >= 1, "training.valid_batch_size must be positive"),
         (not (t.compile and config.model.long_range is not None),
          "training.compile does not support model.long_range yet (the Ewald and PME meshes are sized from "
@@ -292,6 +304,12 @@ def _validate(config: Config, source: str) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(f"{source}: {message}")
+    fields = output_fields(config.model, source)
+    for name, form in w.forms.items():
+        if form == "sign" and fields[name].shape != ():
+            raise ConfigError(f"{source}: training.loss.forms.{name}: the sign form needs a scalar output (one "
+                              f"number per {'structure' if fields[name].level == 'graph' else 'atom'}); "
+                              f"{name} has shape {fields[name].shape}")
 
 
 def config_from_dict(values: dict, source: str = "<config>") -> Config:

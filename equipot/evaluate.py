@@ -51,15 +51,16 @@ def predict(
     return results
 
 
-def error_table(configs: Sequence[Configuration], preds: Sequence[dict]) -> Dict[str, float]:
-    """MAE and RMSE of every labelled quantity that the model predicts (R² for typed outputs)."""
+def error_table(configs: Sequence[Configuration], preds: Sequence[dict], scalars: Sequence[str] = ()) -> Dict[str, float]:
+    """MAE and RMSE of every labelled quantity that the model predicts (R² for typed outputs; for
+    the scalar outputs named in ``scalars`` whose labels are all ±1, the sign accuracy)."""
     acc = ErrorAccumulator()
     for c, p in zip(configs, preds):
         targets = {k: np.asarray(v) for k, v in c.targets.items() if k in p and k != "energies"}
         pred = {k: np.asarray(p[k]) for k in targets}
         if "energy" in targets:
             targets["energy"], pred["energy"] = targets["energy"].reshape(1), pred["energy"].reshape(1)
-        acc.add_batch(pred, targets, np.array([c.n_atoms]))
+        acc.add_batch(pred, targets, np.array([c.n_atoms]), scalars)
     summary = acc.summary()
     if preds and "energy_long_range" in preds[0]:  # how the predicted energy splits, on average
         summary["mean_energy_long_range_eV"] = float(np.mean([p["energy_long_range"] for p in preds]))
@@ -78,6 +79,8 @@ def format_table(summary: Dict[str, float], units: Optional[Dict[str, str]] = No
         if f"{name}_mae" in summary:
             r2 = f"{summary[name + '_r2']:>9.4f}" if f"{name}_r2" in summary else " " * 9
             lines.append(f"{name:<18}{summary[name + '_mae']:>12.4g}{summary[name + '_rmse']:>12.4g}{r2}  {unit}")
+        if f"{name}_sign_accuracy" in summary:  # labels ±1: classes by sign
+            lines.append(f"{name}: sign right for {100 * summary[name + '_sign_accuracy']:.1f} % of the labels (all ±1)")
     if "mean_energy_long_range_eV" in summary:
         lines.append(f"mean predicted energy: short range {summary['mean_energy_short_range_eV']:.4f} eV, "
                      f"long range (electrostatic) {summary['mean_energy_long_range_eV']:.4f} eV")
@@ -179,7 +182,7 @@ def evaluate_file(
         keys = dict(EVAL_KEYS, **{name: name for name in fields})
     configs = read_configurations(data_path, keys=keys, energy_unit=energy_unit, length_unit=length_unit, fields=fields)
     preds = predict(model, configs, batch_size=batch_size, progress=progress)
-    summary = error_table(configs, preds)
+    summary = error_table(configs, preds, [name for name, f in fields.items() if f.shape == ()])
     summary["data"] = data_path
     if out_dir:
         stem = os.path.splitext(os.path.basename(data_path))[0]

@@ -437,3 +437,92 @@ def test_born_charges_are_the_derivative_of_the_dipole_and_obey_the_sum_rule(mod
 def test_born_charges_need_a_dipole():
     with pytest.raises(ConfigError, match="declare one dipole"):
         config_from_dict({"model": {"outputs": {"z": "born_charges"}}})
+
+
+# ------------------------------------------------------------------------- classes by sign
+def test_sign_form_of_the_loss_is_the_logistic_loss_of_the_sign():
+    from equipot.config import LossConfig
+    from equipot.train.loss import squared_error_terms
+
+    configs = [chiral_molecule(), mirrored(chiral_molecule()), chiral_molecule()]
+    for c, label in zip(configs, (1.0, -1.0, 0.0)):
+        c.targets["chirality"] = np.array(label)
+        c.fields["chirality"] = output_field("chirality", "0o")
+    graph = make_batch(configs, R_MAX)
+    f = torch.tensor([0.7, 0.4, -2.0], dtype=torch.float64, requires_grad=True)
+    sign = LossConfig(energy=0.0, forces=0.0, outputs={"chirality": 1.0}, forms={"chirality": "sign"})
+    total, count = squared_error_terms({"chirality": f}, graph, sign)["chirality"]
+    # y = +1, -1, 0: log(1 + e^-0.7) + log(1 + e^0.4) + log 2
+    assert np.isclose(float(total.detach()), np.log1p(np.exp(-0.7)) + np.log1p(np.exp(0.4)) + np.log(2.0), rtol=1e-12)
+    assert float(count) == 3
+    total.backward()
+    assert f.grad[2] == 0.0 and f.grad[0] < 0.0 < f.grad[1]  # a zero label pulls nowhere
+    mse = LossConfig(energy=0.0, forces=0.0, outputs={"chirality": 1.0})
+    total, _ = squared_error_terms({"chirality": f.detach()}, graph, mse)["chirality"]
+    assert np.isclose(float(total), 0.3**2 + 1.4**2 + 2.0**2, rtol=1e-12)
+
+
+def test_sign_accuracy_only_for_scalar_outputs_labelled_plus_or_minus_one():
+    from equipot.train.metrics import ErrorAccumulator
+
+    acc = ErrorAccumulator()
+    acc.add_batch({"chi": np.array([0.3, -2.0, 0.1, 5.0]), "q": np.array([0.1, -0.2])},
+                  {"chi": np.array([1.0, -1.0, -1.0, 1.0]), "q": np.array([0.5, -0.5])}, np.array([3, 3, 3, 3]),
+                  scalars=("chi", "q"))
+    summary = acc.summary()
+    assert summary["chi_sign_accuracy"] == 0.75
+    assert "q_sign_accuracy" not in summary  # charges are not classes
+    assert {"chi_mae", "chi_rmse", "chi_r2", "q_mae"} <= set(summary) and not any(":" in k for k in summary)
+    vectors = ErrorAccumulator()
+    vectors.add_batch({"mu": np.array([[1.0, -1.0, 1.0]])}, {"mu": np.array([[1.0, 1.0, 1.0]])}, np.array([3]))
+    assert "mu_sign_accuracy" not in vectors.summary()
+
+
+@pytest.mark.parametrize("forms, message", [
+    ({"mu": "sign"}, "needs a scalar output"),
+    ({"chirality": "hinge"}, "one of mse, sign"),
+    ({"other": "sign"}, "which training.loss.outputs does not weigh"),
+])
+def test_bad_loss_forms_are_refused(forms, message):
+    values = {"model": {"lmax": 1, "parity": "both", "outputs": {"chirality": "0o", "mu": "dipole"}},
+              "training": {"loss": {"outputs": {"chirality": 1.0, "mu": 1.0}, "forms": forms}}}
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(values, "test.yaml")
+
+
+def test_training_a_pseudoscalar_with_the_sign_loss_then_eval(tmp_path):
+    """Rattled copies of one chiral molecule and its mirror image, labelled +1 / -1: the sign
+    loss learns them, the metrics CSV has the sign accuracy, and eval prints it."""
+    import csv
+
+    from equipot.evaluate import evaluate_file, format_table
+    from equipot.model import load_model
+    from equipot.train import MODEL, Trainer
+
+    rng = np.random.default_rng(0)
+    base = chiral_molecule()
+    frames = []
+    for k in range(24):
+        left = Atoms(numbers=base.numbers, positions=base.positions + 0.05 * rng.normal(size=base.positions.shape))
+        for atoms, label in ((left, 1.0), (Atoms(numbers=left.numbers, positions=left.positions * [-1, 1, 1]), -1.0)):
+            atoms.info["chi"] = label
+            frames.append(atoms)
+    path = tmp_path / "chiral.xyz"
+    ase.io.write(str(path), frames, format="extxyz")
+    values = {
+        "output_dir": str(tmp_path / "run"), "seed": 1,
+        "data": {"train": str(path), "valid_fraction": 0.25, "keys": {"chirality": "chi"}, "e0s": {s: 0.0 for s in ("C", "H", "N", "O", "Cl")}},
+        "model": {"r_max": R_MAX, "channels": 4, "lmax": 1, "parity": "both", "num_basis": 4, "radial_hidden": [8],
+                  "readout_hidden": 4, "outputs": {"chirality": "0o"}},
+        "training": {"batch_size": 6, "max_epochs": 15, "lr": 0.02, "scheduler": "none", "threads": 1,
+                     "dtype": "float64",
+                     "loss": {"energy": 0.0, "forces": 0.0, "outputs": {"chirality": 1.0}, "forms": {"chirality": "sign"}}},
+    }
+    Trainer(config_from_dict(values), progress=False).run()
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert float(rows[-1]["valid_chirality_sign_accuracy"]) == 1.0
+    assert float(rows[-1]["valid_loss"]) < 0.5 * float(rows[0]["valid_loss"])
+    model = load_model(str(tmp_path / "run" / MODEL), dtype=torch.float64)
+    summary = evaluate_file(model, str(path), keys={"chirality": "chi"}, progress=False)
+    assert summary["chirality_sign_accuracy"] == 1.0
+    assert "sign right for 100.0 %" in format_table(summary, {"chirality": ""})

@@ -18,7 +18,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from ..config import Config, ConfigError, _from_dict
+from ..config import Config, ConfigError, _from_dict, output_fields
 from ..data import GraphLoader
 from ..data.statistics import Statistics
 from ..model import build_model, save_model
@@ -70,6 +70,7 @@ class Trainer:
         else:
             self.stats = training_statistics(self.config, self.splits.train)
         self.model = build_model(self.config.model, self.stats, self.dtype).to(self.device)
+        self._scalar_outputs = [n for n, f in output_fields(self.config.model).items() if f.shape == ()]
         # what evaluates a batch: the model, or (training.compile) its traced and compiled graph
         self.evaluate = self.model if not t.compile else CompiledPotential(self.model)
         self.optimizer = self._optimizer()
@@ -220,6 +221,7 @@ class Trainer:
                 {k: v.detach().cpu().double().numpy() for k, v in pred.items()},
                 {k: v.cpu().double().numpy() for k, v in graph.targets.items()},
                 graph.atoms_per_graph().cpu().numpy(),
+                self._scalar_outputs,
             )
         names = loss_names(weights)
         flat = self.world.sum(torch.tensor([x for n in names for x in sums.get(n, (0.0, 0.0))], dtype=torch.float64))

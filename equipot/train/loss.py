@@ -17,7 +17,8 @@ from ..graph import AtomicGraph
 def squared_error_terms(
     pred: Dict[str, torch.Tensor], graph: AtomicGraph, weights: LossConfig
 ) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
-    """{term: (sum of squared errors, count)} for the terms with a positive weight."""
+    """{term: (sum of squared errors, count)} for the terms with a positive weight (for a typed
+    output with ``forms: {name: sign}``, the sum of its logistic losses instead)."""
     terms = {}
     for name in ("energy", "forces", "stress"):
         if getattr(weights, name) > 0 and name not in graph.targets:
@@ -36,7 +37,7 @@ def squared_error_terms(
     if weights.stress > 0:
         err = pred["stress"] - graph.targets["stress"].to(pred["stress"].dtype)
         terms["stress"] = (err.pow(2).sum().to(torch.float64), torch.tensor(float(err.numel()), dtype=torch.float64))
-    for name, w in weights.outputs.items():  # typed outputs: MSE over all components
+    for name, w in weights.outputs.items():  # typed outputs: MSE over all components, or the sign form
         if w <= 0:
             continue
         if name not in graph.targets:
@@ -44,8 +45,12 @@ def squared_error_terms(
                 f"loss term {name!r} has weight {w} but the data carry no {name} labels; "
                 f"set its weight to 0 or map {name} in data.keys"
             )
-        err = pred[name] - graph.targets[name].to(pred[name].dtype)
-        terms[name] = (err.pow(2).sum().to(torch.float64), torch.tensor(float(err.numel()), dtype=torch.float64))
+        ref = graph.targets[name].to(pred[name].dtype)
+        if weights.forms.get(name, "mse") == "sign":  # logistic loss of the sign (a zero label: log 2, no gradient)
+            err = torch.nn.functional.softplus(-torch.sign(ref) * pred[name])
+        else:
+            err = (pred[name] - ref).pow(2)
+        terms[name] = (err.sum().to(torch.float64), torch.tensor(float(err.numel()), dtype=torch.float64))
     return terms
 
 

@@ -1,7 +1,8 @@
 """Error accumulators: MAE and RMSE of energy, energy per atom, forces, stress and typed outputs.
 
 Energy, forces and stress are reported in meV units; typed outputs (dipoles, charges, ...)
-in their own units, with R² over all components as well.
+in their own units, with R² over all components as well, and for a scalar output whose labels
+are all ±1 the fraction of predictions of the right sign.
 """
 
 from typing import Dict
@@ -16,6 +17,9 @@ REPORTED = {
     "stress": ("meV/Å³", 1000.0),
 }
 BUILTIN = ("energy", "energies", "forces", "stress", "virial")
+# the row of a scalar output's signs: when every label is +1 or -1 (classes, such as R/S), the
+# summary gives the fraction of predictions of the right sign as NAME_sign_accuracy
+SIGN = ":sign"
 
 
 class ErrorAccumulator:
@@ -32,7 +36,9 @@ class ErrorAccumulator:
         row = np.array([np.abs(error).sum(), (error**2).sum(), error.size, ref.sum(), (ref**2).sum()])
         self.sums[name] = self.sums.get(name, np.zeros(5)) + row
 
-    def add_batch(self, pred: dict, targets: dict, n_atoms: np.ndarray) -> None:
+    def add_batch(self, pred: dict, targets: dict, n_atoms: np.ndarray, scalars=()) -> None:
+        """Errors of a batch; ``scalars`` names the typed outputs of one number per structure or
+        atom, whose signs are also counted."""
         if "energy" in targets:
             err = pred["energy"] - targets["energy"]
             self.add("energy", err)
@@ -43,6 +49,8 @@ class ErrorAccumulator:
         for name, ref in targets.items():  # typed outputs
             if name not in BUILTIN and name in pred:
                 self.add(name, pred[name] - ref, ref)
+                if name in scalars:  # one number per structure or atom: its sign as a class, too
+                    self.add(name + SIGN, np.sign(pred[name]) != np.sign(ref), np.abs(ref) != 1.0)
 
     @property
     def count(self) -> Dict[str, float]:
@@ -65,6 +73,10 @@ class ErrorAccumulator:
         out = {}
         for name in sorted(self.sums):
             abs_sum, sq_sum, count, ref_sum, ref_sq = self.sums[name]
+            if name.endswith(SIGN):  # wrong signs; ref_sum counts labels other than ±1
+                if ref_sum == 0 and count > 0:
+                    out[f"{name[:-len(SIGN)]}_sign_accuracy"] = 1.0 - abs_sum / count
+                continue
             _, factor = REPORTED.get(name, ("", 1.0))
             n = max(count, 1.0)
             out[f"{name}_mae"] = factor * abs_sum / n
