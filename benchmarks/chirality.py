@@ -3,6 +3,11 @@
     python benchmarks/chirality.py --budget-minutes 10 --threads 1
     python benchmarks/chirality.py --invariant --budget-minutes 10 --threads 1
     python benchmarks/chirality.py --seeds 1 2 3 --reuse --threads 1   # spread over seeds, and their ensemble
+    python benchmarks/chirality.py --site-labels --seeds 1 2 3 --threads 1   # R/S as a per-atom label
+
+By default the label is a per-structure output, a sum over atoms. With --site-labels it is a
+per-atom output trained on ±1 at the stereocentre and 0 at every other atom (the data key
+``chirality@stereocentre``), and R/S is read at the stereocentre.
 
 ../shared/data/xtb/chirality: 26 chiral molecules, both enantiomers, `chirality` = +1 (R) /
 −1 (S). Split by molecule: TEST molecules are never seen in training, VALID ones only
@@ -33,12 +38,18 @@ TEST = ["2_pentanol", "2_chlorobutane", "serine", "lactonitrile", "3_methylhexan
 VALID = ["2_fluorobutane", "alaninol", "propylene_oxide"]
 
 
-def predictions(model, path, fields):
-    """(predicted, reference) chirality of every structure in ``path``."""
-    configs = read_configurations(str(path), keys={"chirality": "chirality"}, fields=fields)
-    pred = np.array([float(p["chirality"]) for p in predict(model, configs)])
-    ref = np.array([float(c.targets["chirality"]) for c in configs])
-    return pred, ref
+def predictions(model, path, fields, label_key="chirality"):
+    """(predicted, reference) chirality of every structure in ``path``: a per-structure output, or a
+    per-atom one read at the stereocentre."""
+    configs = read_configurations(str(path), keys={"chirality": label_key}, fields=fields)
+    frames = ase.io.read(str(path), ":")
+    site = [int(a.info["stereocentre"]) for a in frames]
+    per_atom = fields["chirality"].level == "node"
+    pred, ref = [], []
+    for c, p, i in zip(configs, predict(model, configs), site):
+        pred.append(float(np.asarray(p["chirality"]).reshape(-1)[i]) if per_atom else float(p["chirality"]))
+        ref.append(float(np.asarray(c.targets["chirality"]).reshape(-1)[i]) if per_atom else float(c.targets["chirality"]))
+    return np.array(pred), np.array(ref)
 
 
 def sign_accuracy(pred, ref) -> float:
@@ -78,8 +89,12 @@ def main() -> None:
     p.add_argument("--product-mixing", action="store_true", help="model.product_mixing: mixed channels in the node products")
     p.add_argument("--gate-odd", action="store_true",
                    help="model.gate_odd_outputs: the head's 0o units gated by the atom's 0e features")
+    p.add_argument("--site-labels", action="store_true",
+                   help="train a per-atom 0o output on ±1 at the stereocentre (the `stereocentre` key) and 0 at the "
+                        "other atoms, and read R/S at the stereocentre, instead of a per-structure sum over atoms")
     p.add_argument("--sign-loss", action="store_true",
                    help="training.loss.forms: {chirality: sign}: a logistic loss of the sign instead of the MSE to ±1")
+    p.add_argument("--tag", default="", help="appended to the result's name (a rerun on another machine, say)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     variant = "invariant-lmax0" if args.invariant else f"lmax{args.lmax}-both-c{args.channels}"
@@ -87,6 +102,7 @@ def main() -> None:
     variant += "-mix" if args.product_mixing else ""
     variant += "-gate" if args.gate_odd else ""
     variant += "-sign" if args.sign_loss else ""
+    variant += "-site" if args.site_labels else ""
     variant += f"-ef{args.forces_weight:g}" if args.forces_weight > 0 else ""
     variant += f"-{args.budget_minutes:g}min" if args.budget_minutes != 10.0 else ""
     seeds_tag = "" if args.seeds == [11] else "-seed" + "-".join(map(str, args.seeds))
@@ -94,6 +110,11 @@ def main() -> None:
     split = {name: [a for a in frames if (a.info["molecule"] in TEST) == (name == "test")
                     and (a.info["molecule"] in VALID) == (name == "valid")] for name in ("train", "valid", "test")}
     auxiliary = args.forces_weight > 0
+    label_key = "chirality@stereocentre" if args.site_labels else "chirality"  # ±1 on the stereocentre, 0 elsewhere
+    output = ({"type": "0e" if args.invariant else "0o", "level": "node"} if args.site_labels
+              else "0e" if args.invariant else "0o")
+    # a per-atom MSE is a mean over atoms: weight it by the mean atom count, so the stereocentre counts as one structure did
+    output_weight = float(np.mean([len(a) for a in split["train"]])) if args.site_labels else 1.0
     runs = []  # one dict per seed
     for seed in args.seeds:
         out = REPO / "runs" / (f"chirality-{variant}" + (f"-seed{seed}" if seed != 11 else ""))
@@ -101,23 +122,23 @@ def main() -> None:
         values = {
             "output_dir": str(out / "train"), "seed": seed,
             "data": {"train": str(files["train"]), "valid": str(files["valid"]),
-                     "keys": {"chirality": "chirality", **({"energy": "energy", "forces": "forces"} if auxiliary else {})}},
+                     "keys": {"chirality": label_key, **({"energy": "energy", "forces": "forces"} if auxiliary else {})}},
             "model": {"r_max": 5.0, "channels": args.channels, "lmax": 0 if args.invariant else args.lmax,
                       "parity": "natural" if args.invariant else "both", "correlation": 3, "num_layers": args.layers,
                       "product_mixing": args.product_mixing,
                       "gate_odd_outputs": args.gate_odd,
-                      "outputs": {"chirality": "0e" if args.invariant else "0o"}},
+                      "outputs": {"chirality": output}},
             "training": {"threads": args.threads, "batch_size": 10, "lr": 0.005, "max_epochs": 100000,
                          "max_minutes": args.budget_minutes, "patience": 100000, "lr_patience": 8,
                          "loss": {"energy": 1.0 if auxiliary else 0.0, "forces": args.forces_weight,
-                                  "outputs": {"chirality": 1.0},
+                                  "outputs": {"chirality": output_weight},
                                   **({"forms": {"chirality": "sign"}} if args.sign_loss else {})}},
         }
         reused = args.reuse and finished_run(out / "train", values, args.budget_minutes)
         model = load_model(str(out / "train" / MODEL)) if reused else train_model(values)[0]
         with open(out / "train" / "metrics.csv") as f:
             history = list(csv.DictReader(f))
-        preds = {name: predictions(model, files[name], model.output_fields) for name in split}
+        preds = {name: predictions(model, files[name], model.output_fields, label_key) for name in split}
         runs.append({"seed": seed, "epochs": len(history), "wall": float(history[-1]["wall_s"]), "reused": reused,
                      "n_params": sum(x.numel() for x in model.parameters()),
                      "pred": {name: p for name, (p, _) in preds.items()}})
@@ -150,7 +171,7 @@ def main() -> None:
                                           for name in split)))
         rows.append(("ensemble", "", *(pct(sign_accuracy(ensemble[name], ref[name])) for name in split)))
         per_molecule["ensemble"] = by_molecule(ensemble["test"])
-    name = f"chirality-{variant}{seeds_tag}"
+    name = f"chirality-{variant}{seeds_tag}" + (f"-{args.tag}" if args.tag else "")
     path = write_result(name, args.threads, records,
                         extra={"test_molecules": TEST, "valid_molecules": VALID, "seeds": args.seeds,
                                "per_test_molecule": per_molecule})

@@ -53,7 +53,8 @@ def predict(
 
 def error_table(configs: Sequence[Configuration], preds: Sequence[dict], scalars: Sequence[str] = ()) -> Dict[str, float]:
     """MAE and RMSE of every labelled quantity that the model predicts (R² for typed outputs; for
-    the scalar outputs named in ``scalars`` whose labels are all ±1, the sign accuracy)."""
+    the scalar outputs named in ``scalars`` whose labels are all -1, 0 or +1, the share of the ±1 labels
+    predicted with the right sign)."""
     acc = ErrorAccumulator()
     for c, p in zip(configs, preds):
         targets = {k: np.asarray(v) for k, v in c.targets.items() if k in p and k != "energies"}
@@ -80,7 +81,7 @@ def format_table(summary: Dict[str, float], units: Optional[Dict[str, str]] = No
             r2 = f"{summary[name + '_r2']:>9.4f}" if f"{name}_r2" in summary else " " * 9
             lines.append(f"{name:<18}{summary[name + '_mae']:>12.4g}{summary[name + '_rmse']:>12.4g}{r2}  {unit}")
         if f"{name}_sign_accuracy" in summary:  # labels ±1: classes by sign
-            lines.append(f"{name}: sign right for {100 * summary[name + '_sign_accuracy']:.1f} % of the labels (all ±1)")
+            lines.append(f"{name}: sign right for {100 * summary[name + '_sign_accuracy']:.1f} % of the ±1 labels")
     if "mean_energy_long_range_eV" in summary:
         lines.append(f"mean predicted energy: short range {summary['mean_energy_short_range_eV']:.4f} eV, "
                      f"long range (electrostatic) {summary['mean_energy_long_range_eV']:.4f} eV")

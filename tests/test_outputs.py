@@ -466,11 +466,11 @@ def test_sign_accuracy_only_for_scalar_outputs_labelled_plus_or_minus_one():
     from equipot.train.metrics import ErrorAccumulator
 
     acc = ErrorAccumulator()
-    acc.add_batch({"chi": np.array([0.3, -2.0, 0.1, 5.0]), "q": np.array([0.1, -0.2])},
-                  {"chi": np.array([1.0, -1.0, -1.0, 1.0]), "q": np.array([0.5, -0.5])}, np.array([3, 3, 3, 3]),
+    acc.add_batch({"chi": np.array([0.3, -2.0, 0.1, 5.0, 0.2]), "q": np.array([0.1, -0.2])},
+                  {"chi": np.array([1.0, -1.0, -1.0, 1.0, 0.0]), "q": np.array([0.5, -0.5])}, np.array([3, 3, 3, 3, 3]),
                   scalars=("chi", "q"))
     summary = acc.summary()
-    assert summary["chi_sign_accuracy"] == 0.75
+    assert summary["chi_sign_accuracy"] == 0.75  # over the four labels ±1; 0 is no class
     assert "q_sign_accuracy" not in summary  # charges are not classes
     assert {"chi_mae", "chi_rmse", "chi_r2", "q_mae"} <= set(summary) and not any(":" in k for k in summary)
     vectors = ErrorAccumulator()
@@ -490,9 +490,57 @@ def test_bad_loss_forms_are_refused(forms, message):
         config_from_dict(values, "test.yaml")
 
 
-def test_training_a_pseudoscalar_with_the_sign_loss_then_eval(tmp_path):
-    """Rattled copies of one chiral molecule and its mirror image, labelled +1 / -1: the sign
-    loss learns them, the metrics CSV has the sign accuracy, and eval prints it."""
+def site_labelled(n_atoms, **info):
+    atoms = Atoms("C" * n_atoms, positions=1.5 * np.arange(3 * n_atoms).reshape(n_atoms, 3))
+    atoms.info.update(info)
+    return atoms
+
+
+def test_labels_at_sites_become_per_atom_arrays(tmp_path):
+    """VALUE@SITE puts per-structure values on the indexed atoms and 0 elsewhere."""
+    frames = [site_labelled(4, chirality=-1, stereocentre=2), site_labelled(5, cip=[1.0, -1.0], centres=[4, 0])]
+    ase.io.write(str(tmp_path / "s.xyz"), frames, format="extxyz")
+    fields = {"chirality": output_field("chirality", "0o", "node")}
+    one, two = (read_configurations(str(tmp_path / "s.xyz"), index=str(k), keys={"chirality": key}, fields=fields,
+                                    required=["chirality"])[0]
+                for k, key in ((0, "chirality@stereocentre"), (1, "cip@centres")))
+    assert np.array_equal(one.targets["chirality"], [0.0, 0.0, -1.0, 0.0])
+    assert np.array_equal(two.targets["chirality"], [-1.0, 0.0, 0.0, 0.0, 1.0])
+
+
+@pytest.mark.parametrize("info, key, level, message", [
+    ({"chirality": 1, "stereocentre": 4}, "chirality@stereocentre", "node", "atom indices in 0..3"),
+    ({"chirality": 1, "stereocentre": 1.5}, "chirality@stereocentre", "node", "atom indices"),
+    ({"chirality": [1, -1], "stereocentre": 1}, "chirality@stereocentre", "node", "2 values for the 1 atoms"),
+    ({"chirality": [1, -1], "stereocentre": [1, 1]}, "chirality@stereocentre", "node", "names an atom twice"),
+    ({"chirality": "R", "stereocentre": 1}, "chirality@stereocentre", "node", "must be numbers"),
+    ({"chirality": 1}, "chirality@stereocentre", "node", "'stereocentre' for chirality not found"),
+    ({"chirality": 1, "stereocentre": 1}, "chirality@stereocentre", "graph", "must be one number per atom"),
+])
+def test_bad_site_labels_name_file_frame_and_key(tmp_path, info, key, level, message):
+    path = tmp_path / "bad.xyz"
+    ase.io.write(str(path), [site_labelled(4, **info)], format="extxyz")
+    fields = {"chirality": output_field("chirality", "0o", level)}
+    with pytest.raises(DataError, match=message) as err:
+        read_configurations(str(path), keys={"chirality": key}, fields=fields, required=["chirality"])
+    assert "bad.xyz, frame 0" in str(err.value)
+
+
+def test_site_keys_need_a_per_atom_output():
+    values = {"data": {"keys": {"chirality": "chirality@stereocentre"}},
+              "model": {"lmax": 1, "parity": "both", "outputs": {"chirality": "0o"}},
+              "training": {"loss": {"outputs": {"chirality": 1.0}}}}
+    with pytest.raises(ConfigError, match="labels atoms by index"):
+        config_from_dict(values, "test.yaml")
+    values["model"]["outputs"]["chirality"] = {"type": "0o", "level": "node"}
+    config_from_dict(values, "test.yaml")
+
+
+@pytest.mark.parametrize("per_atom", [False, True], ids=["per-structure-sign-loss", "at-the-stereocentre"])
+def test_training_a_pseudoscalar_then_eval(tmp_path, per_atom):
+    """Rattled copies of one chiral molecule and its mirror image, labelled +1 / -1 per structure
+    (with the sign loss) or at the stereocentre (the mse, VALUE@SITE): they are learnt, the
+    metrics CSV has the sign accuracy, and eval prints it."""
     import csv
 
     from equipot.evaluate import evaluate_file, format_table
@@ -506,23 +554,27 @@ def test_training_a_pseudoscalar_with_the_sign_loss_then_eval(tmp_path):
         left = Atoms(numbers=base.numbers, positions=base.positions + 0.05 * rng.normal(size=base.positions.shape))
         for atoms, label in ((left, 1.0), (Atoms(numbers=left.numbers, positions=left.positions * [-1, 1, 1]), -1.0)):
             atoms.info["chi"] = label
+            atoms.info["centre"] = 0
             frames.append(atoms)
     path = tmp_path / "chiral.xyz"
     ase.io.write(str(path), frames, format="extxyz")
+    key = "chi@centre" if per_atom else "chi"
     values = {
         "output_dir": str(tmp_path / "run"), "seed": 1,
-        "data": {"train": str(path), "valid_fraction": 0.25, "keys": {"chirality": "chi"}, "e0s": {s: 0.0 for s in ("C", "H", "N", "O", "Cl")}},
+        "data": {"train": str(path), "valid_fraction": 0.25, "keys": {"chirality": key},
+                 "e0s": {s: 0.0 for s in ("C", "H", "N", "O", "Cl")}},
         "model": {"r_max": R_MAX, "channels": 4, "lmax": 1, "parity": "both", "num_basis": 4, "radial_hidden": [8],
-                  "readout_hidden": 4, "outputs": {"chirality": "0o"}},
+                  "readout_hidden": 4, "outputs": {"chirality": {"type": "0o", "level": "node"} if per_atom else "0o"}},
         "training": {"batch_size": 6, "max_epochs": 15, "lr": 0.02, "scheduler": "none", "threads": 1,
                      "dtype": "float64",
-                     "loss": {"energy": 0.0, "forces": 0.0, "outputs": {"chirality": 1.0}, "forms": {"chirality": "sign"}}},
+                     "loss": {"energy": 0.0, "forces": 0.0, "outputs": {"chirality": 5.0 if per_atom else 1.0},
+                              **({} if per_atom else {"forms": {"chirality": "sign"}})}},
     }
     Trainer(config_from_dict(values), progress=False).run()
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
     assert float(rows[-1]["valid_chirality_sign_accuracy"]) == 1.0
     assert float(rows[-1]["valid_loss"]) < 0.5 * float(rows[0]["valid_loss"])
     model = load_model(str(tmp_path / "run" / MODEL), dtype=torch.float64)
-    summary = evaluate_file(model, str(path), keys={"chirality": "chi"}, progress=False)
+    summary = evaluate_file(model, str(path), keys={"chirality": key}, progress=False)
     assert summary["chirality_sign_accuracy"] == 1.0
     assert "sign right for 100.0 %" in format_table(summary, {"chirality": ""})

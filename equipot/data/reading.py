@@ -3,6 +3,10 @@
 A key map says under which name each field is stored in the file (``energy: REF_energy``);
 declared units say how to convert it to eV and Å. Every error names the file, the frame
 and the key.
+
+A per-atom output may also be labelled at some atoms only: ``VALUE@SITE`` (``chirality@stereocentre``)
+puts the per-structure value(s) under key VALUE on the atom(s) whose index(es) key SITE holds, and
+0 on every other atom (an R/S label belongs to its stereocentre; other atoms are no stereocentre).
 """
 
 import difflib
@@ -65,6 +69,40 @@ def _as_field_array(field: Field, raw: object, n_atoms: int, where: str, key: st
     return arr
 
 
+SITE_SEPARATOR = "@"
+
+
+def _site_labels(found: Mapping[str, object], key: str, n_atoms: int, where: str) -> Optional[np.ndarray]:
+    """The per-atom array of a ``VALUE@SITE`` key (see the module docstring), or None if either
+    key is missing from the structure."""
+    value_key, site_key = key.split(SITE_SEPARATOR, 1)
+    if value_key not in found or site_key not in found:
+        return None
+    try:
+        sites = np.array(found[site_key], dtype=np.float64).reshape(-1)
+        values = np.array(found[value_key], dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: keys {value_key!r} and {site_key!r} of {key!r} must be numbers") from None
+    if not np.all(np.isfinite(values)):
+        raise DataError(f"{where}: key {value_key!r} contains NaN or inf")
+    if np.any(sites != np.round(sites)) or np.any(sites < 0) or np.any(sites >= n_atoms):
+        raise DataError(f"{where}: key {site_key!r} must hold atom indices in 0..{n_atoms - 1}, got {found[site_key]!r}")
+    if values.size != sites.size:
+        raise DataError(f"{where}: key {value_key!r} has {values.size} values for the {sites.size} atoms of {site_key!r}")
+    if len(set(sites.tolist())) != sites.size:
+        raise DataError(f"{where}: key {site_key!r} names an atom twice: {found[site_key]!r}")
+    out = np.zeros(n_atoms)
+    out[sites.astype(np.int64)] = values
+    return out
+
+
+def _missing(found: Mapping[str, object], key: str) -> List[str]:
+    """The keys of ``key`` (one, or the two of VALUE@SITE) that the structure lacks."""
+    if key in found or SITE_SEPARATOR not in key:
+        return [] if key in found else [key]
+    return [k for k in key.split(SITE_SEPARATOR, 1) if k not in found]
+
+
 def atoms_to_configuration(
     atoms: Atoms,
     keys: Dict[str, str],
@@ -105,15 +143,24 @@ def atoms_to_configuration(
     for name, key in keys.items():
         if name == TOTAL_CHARGE.name:
             continue
-        if key not in found:
+        missing = _missing(found, key)
+        if missing:
             if name in required:
                 raise DataError(
-                    f"{source}: key {key!r} for {name} not found{_suggest(key, found)}; "
+                    f"{source}: key {missing[0]!r} for {name} not found{_suggest(missing[0], found)}; "
                     f"keys present: {', '.join(sorted(found)) or 'none'}"
                 )
             continue
         field = get_field(name, fields)
-        arr = _as_field_array(field, found[key], n, source, key)
+        if key in found:
+            raw = found[key]
+        else:  # VALUE@SITE
+            if field.level != "node" or field.shape != ():
+                raise DataError(f"{source}: key {key!r} labels atoms by index, so {name} must be one number per atom "
+                                f"(level: node); it is {field.shape or 'one number'} per "
+                                f"{'structure' if field.level == 'graph' else 'atom'}")
+            raw = _site_labels(found, key, n, source)
+        arr = _as_field_array(field, raw, n, source, key)
         arr = arr * e_fac**field.energy_power * l_fac**field.length_power
         if field.kind == "dipole" and pbc.any():
             raise DataError(f"{source}: key {key!r} ({name}) is a dipole, which is ill-defined for a periodic structure")

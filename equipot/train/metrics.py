@@ -2,7 +2,7 @@
 
 Energy, forces and stress are reported in meV units; typed outputs (dipoles, charges, ...)
 in their own units, with R² over all components as well, and for a scalar output whose labels
-are all ±1 the fraction of predictions of the right sign.
+are all -1, 0 or +1 (and some ±1) the fraction of the ±1 labels predicted with the right sign.
 """
 
 from typing import Dict
@@ -17,8 +17,9 @@ REPORTED = {
     "stress": ("meV/Å³", 1000.0),
 }
 BUILTIN = ("energy", "energies", "forces", "stress", "virial")
-# the row of a scalar output's signs: when every label is +1 or -1 (classes, such as R/S), the
-# summary gives the fraction of predictions of the right sign as NAME_sign_accuracy
+# the row of a scalar output's signs: when every label is -1, 0 or +1 (classes, such as R/S; 0 for
+# no class, as an atom that is no stereocentre), the summary gives the fraction of the ±1 labels
+# predicted with the right sign as NAME_sign_accuracy
 SIGN = ":sign"
 
 
@@ -36,6 +37,16 @@ class ErrorAccumulator:
         row = np.array([np.abs(error).sum(), (error**2).sum(), error.size, ref.sum(), (ref**2).sum()])
         self.sums[name] = self.sums.get(name, np.zeros(5)) + row
 
+    def add_signs(self, name: str, pred: np.ndarray, ref: np.ndarray) -> None:
+        """Count the predictions of the wrong sign among labels ±1, the labels ±1, and the labels
+        that are not -1, 0 or 1 (0: no class, as for an atom that is no stereocentre)."""
+        pred, ref = np.asarray(pred), np.asarray(ref)
+        labelled = np.abs(ref) == 1.0
+        wrong = (np.sign(pred) != np.sign(ref)) & labelled
+        other = ~(labelled | (ref == 0.0))
+        row = np.array([wrong.sum(), labelled.sum(), other.sum(), 0, 0])  # in the slots of FIELDS
+        self.sums[name + SIGN] = self.sums.get(name + SIGN, np.zeros(5)) + row
+
     def add_batch(self, pred: dict, targets: dict, n_atoms: np.ndarray, scalars=()) -> None:
         """Errors of a batch; ``scalars`` names the typed outputs of one number per structure or
         atom, whose signs are also counted."""
@@ -50,7 +61,7 @@ class ErrorAccumulator:
             if name not in BUILTIN and name in pred:
                 self.add(name, pred[name] - ref, ref)
                 if name in scalars:  # one number per structure or atom: its sign as a class, too
-                    self.add(name + SIGN, np.sign(pred[name]) != np.sign(ref), np.abs(ref) != 1.0)
+                    self.add_signs(name, pred[name], ref)
 
     @property
     def count(self) -> Dict[str, float]:
@@ -73,9 +84,10 @@ class ErrorAccumulator:
         out = {}
         for name in sorted(self.sums):
             abs_sum, sq_sum, count, ref_sum, ref_sq = self.sums[name]
-            if name.endswith(SIGN):  # wrong signs; ref_sum counts labels other than ±1
-                if ref_sum == 0 and count > 0:
-                    out[f"{name[:-len(SIGN)]}_sign_accuracy"] = 1.0 - abs_sum / count
+            if name.endswith(SIGN):  # wrong signs, labels ±1, labels other than -1, 0, 1
+                wrong, labelled, other = abs_sum, sq_sum, count
+                if labelled > 0 and other == 0:
+                    out[f"{name[:-len(SIGN)]}_sign_accuracy"] = 1.0 - wrong / labelled
                 continue
             _, factor = REPORTED.get(name, ("", 1.0))
             n = max(count, 1.0)
