@@ -42,9 +42,8 @@ def predictions(model, path, fields, label_key="chirality"):
     """(predicted, reference) chirality of every structure in ``path``: a per-structure output, or a
     per-atom one read at the stereocentre."""
     configs = read_configurations(str(path), keys={"chirality": label_key}, fields=fields)
-    frames = ase.io.read(str(path), ":")
-    site = [int(a.info["stereocentre"]) for a in frames]
     per_atom = fields["chirality"].level == "node"
+    site = [int(a.info["stereocentre"]) for a in ase.io.read(str(path), ":")] if per_atom else [0] * len(configs)
     pred, ref = [], []
     for c, p, i in zip(configs, predict(model, configs), site):
         pred.append(float(np.asarray(p["chirality"]).reshape(-1)[i]) if per_atom else float(p["chirality"]))

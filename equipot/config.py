@@ -306,9 +306,9 @@ def _validate(config: Config, source: str) -> None:
             raise ConfigError(f"{source}: {message}")
     fields = output_fields(config.model, source)
     for name, key in config.data.keys.items():  # VALUE@SITE: per-structure values placed on indexed atoms
-        if "@" in key and name in fields and (fields[name].level != "node" or fields[name].shape != ()):
-            raise ConfigError(f"{source}: data.keys.{name}: {key!r} labels atoms by index (VALUE@SITE), so "
-                              f"model.outputs.{name} must be one number per atom (level: node)")
+        if "@" in key and w.forms.get(name) == "sign":
+            raise ConfigError(f"{source}: data.keys.{name}: {key!r} labels the other atoms 0, which the sign form "
+                              f"leaves untrained (a zero label has no gradient there); use the mse form")
     for name, form in w.forms.items():
         if form == "sign" and fields[name].shape != ():
             raise ConfigError(f"{source}: training.loss.forms.{name}: the sign form needs a scalar output (one "

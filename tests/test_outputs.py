@@ -471,6 +471,10 @@ def test_sign_accuracy_only_for_scalar_outputs_labelled_plus_or_minus_one():
                   scalars=("chi", "q"))
     summary = acc.summary()
     assert summary["chi_sign_accuracy"] == 0.75  # over the four labels ±1; 0 is no class
+    zero = ErrorAccumulator()  # a prediction of exactly 0 has no sign: wrong; labels all 0: no accuracy
+    zero.add_batch({"chi": np.array([0.0, 1.0]), "none": np.array([0.3, -0.2])},
+                   {"chi": np.array([1.0, 1.0]), "none": np.array([0.0, 0.0])}, np.array([3, 3]), scalars=("chi", "none"))
+    assert zero.summary()["chi_sign_accuracy"] == 0.5 and "none_sign_accuracy" not in zero.summary()
     assert "q_sign_accuracy" not in summary  # charges are not classes
     assert {"chi_mae", "chi_rmse", "chi_r2", "q_mae"} <= set(summary) and not any(":" in k for k in summary)
     vectors = ErrorAccumulator()
@@ -514,7 +518,7 @@ def test_labels_at_sites_become_per_atom_arrays(tmp_path):
     ({"chirality": [1, -1], "stereocentre": 1}, "chirality@stereocentre", "node", "2 values for the 1 atoms"),
     ({"chirality": [1, -1], "stereocentre": [1, 1]}, "chirality@stereocentre", "node", "names an atom twice"),
     ({"chirality": "R", "stereocentre": 1}, "chirality@stereocentre", "node", "must be numbers"),
-    ({"chirality": 1}, "chirality@stereocentre", "node", "'stereocentre' for chirality not found"),
+    ({"chirality": 1}, "chirality@stereocentre", "node", r"'stereocentre' \(of 'chirality@stereocentre'\) for chirality not found"),
     ({"chirality": 1, "stereocentre": 1}, "chirality@stereocentre", "graph", "must be one number per atom"),
 ])
 def test_bad_site_labels_name_file_frame_and_key(tmp_path, info, key, level, message):
@@ -526,14 +530,31 @@ def test_bad_site_labels_name_file_frame_and_key(tmp_path, info, key, level, mes
     assert "bad.xyz, frame 0" in str(err.value)
 
 
-def test_site_keys_need_a_per_atom_output():
+def test_site_labels_are_refused_with_the_sign_form():
+    """The zeros on the other atoms would carry no gradient in the sign form."""
     values = {"data": {"keys": {"chirality": "chirality@stereocentre"}},
-              "model": {"lmax": 1, "parity": "both", "outputs": {"chirality": "0o"}},
-              "training": {"loss": {"outputs": {"chirality": 1.0}}}}
-    with pytest.raises(ConfigError, match="labels atoms by index"):
+              "model": {"lmax": 1, "parity": "both", "outputs": {"chirality": {"type": "0o", "level": "node"}}},
+              "training": {"loss": {"outputs": {"chirality": 1.0}, "forms": {"chirality": "sign"}}}}
+    with pytest.raises(ConfigError, match="leaves untrained"):
         config_from_dict(values, "test.yaml")
-    values["model"]["outputs"]["chirality"] = {"type": "0o", "level": "node"}
+    del values["training"]["loss"]["forms"]
     config_from_dict(values, "test.yaml")
+
+
+def test_site_keys_edge_cases(tmp_path):
+    """A key the file holds as it is wins over VALUE@SITE; a per-structure number for a per-atom
+    output points to VALUE@SITE; a missing part is named with its whole key."""
+    atoms = site_labelled(3, chirality=1.0, stereocentre=1)
+    atoms.arrays["chi@dft"] = np.array([0.5, -0.5, 0.0])
+    path = tmp_path / "s.xyz"
+    ase.io.write(str(path), [atoms], format="extxyz")
+    fields = {"chirality": output_field("chirality", "0o", "node")}
+    (c,) = read_configurations(str(path), keys={"chirality": "chi@dft"}, fields=fields, required=["chirality"])
+    assert np.array_equal(c.targets["chirality"], [0.5, -0.5, 0.0])
+    with pytest.raises(DataError, match="map chirality to chirality@SITE"):
+        read_configurations(str(path), keys={"chirality": "chirality"}, fields=fields, required=["chirality"])
+    with pytest.raises(DataError, match=r"key 'stereocentr' \(of 'chirality@stereocentr'\) for chirality not found"):
+        read_configurations(str(path), keys={"chirality": "chirality@stereocentr"}, fields=fields, required=["chirality"])
 
 
 @pytest.mark.parametrize("per_atom", [False, True], ids=["per-structure-sign-loss", "at-the-stereocentre"])
@@ -578,3 +599,5 @@ def test_training_a_pseudoscalar_then_eval(tmp_path, per_atom):
     summary = evaluate_file(model, str(path), keys={"chirality": key}, progress=False)
     assert summary["chirality_sign_accuracy"] == 1.0
     assert "sign right for 100.0 %" in format_table(summary, {"chirality": ""})
+    if per_atom:  # the centre and the other atoms (labels 0) alike: far below all-zero predictions' 1/sqrt(5)
+        assert summary["chirality_rmse"] < 0.1, summary["chirality_rmse"]

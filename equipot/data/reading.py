@@ -7,6 +7,7 @@ and the key.
 A per-atom output may also be labelled at some atoms only: ``VALUE@SITE`` (``chirality@stereocentre``)
 puts the per-structure value(s) under key VALUE on the atom(s) whose index(es) key SITE holds, and
 0 on every other atom (an R/S label belongs to its stereocentre; other atoms are no stereocentre).
+A key that the file holds as it is (one with an ``@`` in its name) is read as it is.
 """
 
 import difflib
@@ -57,6 +58,10 @@ def _as_field_array(field: Field, raw: object, n_atoms: int, where: str, key: st
         arr = arr.reshape(3, 3)
     expected = ((n_atoms,) if field.level == "node" else ()) + field.shape
     if arr.shape != expected:
+        if field.level == "node" and field.shape == () and arr.ndim == 0:
+            raise DataError(f"{where}: key {key!r} holds one number, but {field.name} is one value per atom; to put a "
+                            f"per-structure value on one atom, map {field.name} to {key}@SITE, SITE the key of that "
+                            f"atom's index (for eval: --key {field.name}={key}@SITE)")
         if arr.size == int(np.prod(expected)) and field.level == "graph":
             arr = arr.reshape(expected)
         else:
@@ -85,12 +90,14 @@ def _site_labels(found: Mapping[str, object], key: str, n_atoms: int, where: str
         raise DataError(f"{where}: keys {value_key!r} and {site_key!r} of {key!r} must be numbers") from None
     if not np.all(np.isfinite(values)):
         raise DataError(f"{where}: key {value_key!r} contains NaN or inf")
+    shown = np.asarray(found[site_key]).tolist()
     if np.any(sites != np.round(sites)) or np.any(sites < 0) or np.any(sites >= n_atoms):
-        raise DataError(f"{where}: key {site_key!r} must hold atom indices in 0..{n_atoms - 1}, got {found[site_key]!r}")
+        raise DataError(f"{where}: key {site_key!r} must hold atom indices in 0..{n_atoms - 1}, got {shown!r}")
     if values.size != sites.size:
-        raise DataError(f"{where}: key {value_key!r} has {values.size} values for the {sites.size} atoms of {site_key!r}")
+        raise DataError(f"{where}: key {value_key!r} has {values.size} values for the {sites.size} atoms of "
+                        f"{site_key!r} (SITE holds the indices of the labelled atoms, not a mask)")
     if len(set(sites.tolist())) != sites.size:
-        raise DataError(f"{where}: key {site_key!r} names an atom twice: {found[site_key]!r}")
+        raise DataError(f"{where}: key {site_key!r} names an atom twice: {shown!r}")
     out = np.zeros(n_atoms)
     out[sites.astype(np.int64)] = values
     return out
@@ -146,8 +153,9 @@ def atoms_to_configuration(
         missing = _missing(found, key)
         if missing:
             if name in required:
+                part = "" if missing[0] == key else f" (of {key!r})"
                 raise DataError(
-                    f"{source}: key {missing[0]!r} for {name} not found{_suggest(missing[0], found)}; "
+                    f"{source}: key {missing[0]!r}{part} for {name} not found{_suggest(missing[0], found)}; "
                     f"keys present: {', '.join(sorted(found)) or 'none'}"
                 )
             continue
