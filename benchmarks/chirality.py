@@ -42,12 +42,12 @@ def predictions(model, path, fields, label_key="chirality"):
     """(predicted, reference) chirality of every structure in ``path``: a per-structure output, or a
     per-atom one read at the stereocentre."""
     configs = read_configurations(str(path), keys={"chirality": label_key}, fields=fields)
-    per_atom = fields["chirality"].level == "node"
-    site = [int(a.info["stereocentre"]) for a in ase.io.read(str(path), ":")] if per_atom else [0] * len(configs)
     pred, ref = [], []
-    for c, p, i in zip(configs, predict(model, configs), site):
-        pred.append(float(np.asarray(p["chirality"]).reshape(-1)[i]) if per_atom else float(p["chirality"]))
-        ref.append(float(np.asarray(c.targets["chirality"]).reshape(-1)[i]) if per_atom else float(c.targets["chirality"]))
+    for c, p in zip(configs, predict(model, configs)):
+        label, value = np.asarray(c.targets["chirality"]).reshape(-1), np.asarray(p["chirality"]).reshape(-1)
+        site = int(np.argmax(np.abs(label)))  # per atom: the stereocentre, the one atom labelled ±1
+        pred.append(float(value[site]))
+        ref.append(float(label[site]))
     return np.array(pred), np.array(ref)
 
 

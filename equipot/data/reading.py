@@ -77,12 +77,9 @@ def _as_field_array(field: Field, raw: object, n_atoms: int, where: str, key: st
 SITE_SEPARATOR = "@"
 
 
-def _site_labels(found: Mapping[str, object], key: str, n_atoms: int, where: str) -> Optional[np.ndarray]:
-    """The per-atom array of a ``VALUE@SITE`` key (see the module docstring), or None if either
-    key is missing from the structure."""
+def _site_labels(found: Mapping[str, object], key: str, n_atoms: int, where: str) -> np.ndarray:
+    """The per-atom array of a ``VALUE@SITE`` key (see the module docstring); both keys are in ``found``."""
     value_key, site_key = key.split(SITE_SEPARATOR, 1)
-    if value_key not in found or site_key not in found:
-        return None
     try:
         sites = np.array(found[site_key], dtype=np.float64).reshape(-1)
         values = np.array(found[value_key], dtype=np.float64).reshape(-1)
