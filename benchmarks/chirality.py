@@ -32,7 +32,7 @@ from equipot.config import config_from_dict, load_config
 from equipot.data import read_configurations
 from equipot.evaluate import predict
 from equipot.model import load_model
-from equipot.train import MODEL
+from equipot.train import LAST_MODEL, MODEL
 
 TEST = ["2_pentanol", "2_chlorobutane", "serine", "lactonitrile", "3_methylhexane", "carvone"]
 VALID = ["2_fluorobutane", "alaninol", "propylene_oxide"]
@@ -59,10 +59,10 @@ def pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
-def finished_run(folder, values: dict, budget_minutes: float) -> bool:
+def finished_run(folder, values: dict, budget_minutes: float, model_file: str = MODEL) -> bool:
     """Whether ``folder`` holds a model trained with exactly ``values`` for the whole budget
     (a killed run also leaves a model file, written at its best epoch so far)."""
-    if not (folder / MODEL).exists() or not (folder / "metrics.csv").exists():
+    if not (folder / model_file).exists() or not (folder / "metrics.csv").exists():
         return False
     if load_config(str(folder / "config.yaml")).to_dict() != config_from_dict(values).to_dict():
         return False
@@ -93,6 +93,10 @@ def main() -> None:
                         "other atoms, and read R/S at the stereocentre, instead of a per-structure sum over atoms")
     p.add_argument("--sign-loss", action="store_true",
                    help="training.loss.forms: {chirality: sign}: a logistic loss of the sign instead of the MSE to ±1")
+    p.add_argument("--no-valid", action="store_true",
+                   help="train on the validation molecules too (20 molecules instead of 17), the learning rate on a "
+                        "cosine over the budget, and read R/S from the model after the last epoch: nothing is "
+                        "picked by the three validation molecules (the valid column is then training data)")
     p.add_argument("--tag", default="", help="appended to the result's name (a rerun on another machine, say)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -102,12 +106,16 @@ def main() -> None:
     variant += "-gate" if args.gate_odd else ""
     variant += "-sign" if args.sign_loss else ""
     variant += "-site" if args.site_labels else ""
+    variant += "-novalid" if args.no_valid else ""
     variant += f"-ef{args.forces_weight:g}" if args.forces_weight > 0 else ""
     variant += f"-{args.budget_minutes:g}min" if args.budget_minutes != 10.0 else ""
     seeds_tag = "" if args.seeds == [11] else "-seed" + "-".join(map(str, args.seeds))
     frames = ase.io.read(str(DATA / "xtb/chirality/train.xyz"), ":")
     split = {name: [a for a in frames if (a.info["molecule"] in TEST) == (name == "test")
                     and (a.info["molecule"] in VALID) == (name == "valid")] for name in ("train", "valid", "test")}
+    if args.no_valid:
+        split["train"] = split["train"] + split["valid"]
+    model_file = LAST_MODEL if args.no_valid else MODEL
     auxiliary = args.forces_weight > 0
     label_key = "chirality@stereocentre" if args.site_labels else "chirality"  # ±1 on the stereocentre, 0 elsewhere
     output = ({"type": "0e" if args.invariant else "0o", "level": "node"} if args.site_labels
@@ -128,13 +136,16 @@ def main() -> None:
                       "gate_odd_outputs": args.gate_odd,
                       "outputs": {"chirality": output}},
             "training": {"threads": args.threads, "batch_size": 10, "lr": 0.005, "max_epochs": 100000,
+                         **({"scheduler": "budget"} if args.no_valid else {}),
                          "max_minutes": args.budget_minutes, "patience": 100000, "lr_patience": 8,
                          "loss": {"energy": 1.0 if auxiliary else 0.0, "forces": args.forces_weight,
                                   "outputs": {"chirality": output_weight},
                                   **({"forms": {"chirality": "sign"}} if args.sign_loss else {})}},
         }
-        reused = args.reuse and finished_run(out / "train", values, args.budget_minutes)
-        model = load_model(str(out / "train" / MODEL)) if reused else train_model(values)[0]
+        reused = args.reuse and finished_run(out / "train", values, args.budget_minutes, model_file)
+        if not reused:
+            train_model(values)
+        model = load_model(str(out / "train" / model_file))
         with open(out / "train" / "metrics.csv") as f:
             history = list(csv.DictReader(f))
         preds = {name: predictions(model, files[name], model.output_fields, label_key) for name in split}
@@ -179,7 +190,7 @@ def main() -> None:
           f"of training per seed; {n_params} parameters; {len(split['train'])} / {len(split['valid'])} / "
           f"{len(split['test'])} train / valid / test structures; command: "
           f"`python benchmarks/chirality.py {shlex.join(sys.argv[1:])}`",
-          "", "| model | epochs | train | valid | test |", "|---|---|---|---|---|"]
+          "", f"| model | epochs | train | {'valid (trained on)' if args.no_valid else 'valid'} | test |", "|---|---|---|---|---|"]
     md += [f"| {' | '.join(map(str, r))} |" for r in rows]
     md += ["", "Test accuracy per molecule:", ""]
     md += [f"- {who}: " + ", ".join(f"{m} {100 * a:.0f} %" for m, a in scores.items())

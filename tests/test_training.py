@@ -15,7 +15,7 @@ from equipot.config import ConfigError, config_from_dict, load_config
 from equipot.data import CloseAtomsError, DataError, compute_statistics, fit_e0, make_batch, species_of
 from equipot.data import read_configurations
 from equipot.model import load_model
-from equipot.train import CHECKPOINT, MODEL, CheckpointError, Trainer, load_checkpoint
+from equipot.train import CHECKPOINT, LAST_MODEL, MODEL, CheckpointError, Trainer, load_checkpoint
 from equipot.train.checkpoint import save_checkpoint
 from equipot.train import loop as loop_module
 from equipot.train.loss import squared_error_terms
@@ -61,13 +61,18 @@ def test_run_writes_model_checkpoint_metrics_and_plot(io_straight_run):
     out = config.output_dir
     assert result["stop_reason"] == "max_epochs" and result["epochs"] == 2
     assert np.isfinite(result["best_valid_loss"])
-    for name in (MODEL, CHECKPOINT, "metrics.csv", "learning_curve.png", "config.yaml"):
+    for name in (MODEL, LAST_MODEL, CHECKPOINT, "metrics.csv", "learning_curve.png", "config.yaml"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     model = load_model(os.path.join(out, MODEL))
     assert model.species == [1, 6, 8]
     assert model.model_config.channels == values["model"]["channels"]
     state = load_checkpoint(os.path.join(out, CHECKPOINT))
     assert state["epoch"] == 2
+    # the last model holds the averaged weights after the final epoch, whatever the validation loss did
+    last = dict(load_model(os.path.join(out, LAST_MODEL)).named_parameters())
+    averaged = state["ema"]["shadow"] if state["ema"] else state["model"]
+    assert last.keys() == averaged.keys()
+    assert all(torch.equal(last[k].detach(), averaged[k]) for k in last)
     with open(os.path.join(out, "metrics.csv")) as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2]

@@ -35,7 +35,8 @@ from .world import World
 
 CHECKPOINT = "checkpoint.pt"
 PLOT_INTERVAL_S = 60.0  # the learning curve is redrawn at most this often (and at the end)
-MODEL = "model.safetensors"
+MODEL = "model.safetensors"  # the weights (EMA ones when training.ema_decay) of the best validation loss
+LAST_MODEL = "model_last.safetensors"  # the same, after the latest epoch: for a validation set that cannot pick
 
 
 class Trainer:
@@ -265,8 +266,9 @@ class Trainer:
                 self.ema.swap(self.model)
             metrics = self._validate()
             improved = metrics["valid_loss"] < self.best_loss
-            if improved and self.world.is_main:
-                save_model(os.path.join(self.out, MODEL), self.model, self.config.model, self.stats)
+            if self.world.is_main:
+                for name in (MODEL, LAST_MODEL) if improved else (LAST_MODEL,):
+                    save_model(os.path.join(self.out, name), self.model, self.config.model, self.stats)
             if self.ema:
                 self.ema.swap(self.model)
             self._step_scheduler(metrics["valid_loss"])
