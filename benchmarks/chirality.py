@@ -79,6 +79,9 @@ def main() -> None:
     p.add_argument("--lmax", type=int, default=1)
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--r-max", type=float, default=5.0,
+                   help="cutoff in Å; about 2.5 keeps covalent bonds (and the closer 1-3 pairs) only, so that messages "
+                        "follow the bonds, as the priority rules do, whatever the conformer")
     p.add_argument("--forces-weight", type=float, default=0.0,
                    help="also fit the xTB energies (weight 1) and forces (this weight): chemistry as an auxiliary task")
     p.add_argument("--seeds", type=int, nargs="+", default=[11],
@@ -102,6 +105,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     variant = "invariant-lmax0" if args.invariant else f"lmax{args.lmax}-both-c{args.channels}"
     variant += f"-l{args.layers}" if args.layers != 2 else ""
+    variant += f"-r{args.r_max:g}" if args.r_max != 5.0 else ""
     variant += "-mix" if args.product_mixing else ""
     variant += "-gate" if args.gate_odd else ""
     variant += "-sign" if args.sign_loss else ""
@@ -130,7 +134,7 @@ def main() -> None:
             "output_dir": str(out / "train"), "seed": seed,
             "data": {"train": str(files["train"]), "valid": str(files["valid"]),
                      "keys": {"chirality": label_key, **({"energy": "energy", "forces": "forces"} if auxiliary else {})}},
-            "model": {"r_max": 5.0, "channels": args.channels, "lmax": 0 if args.invariant else args.lmax,
+            "model": {"r_max": args.r_max, "channels": args.channels, "lmax": 0 if args.invariant else args.lmax,
                       "parity": "natural" if args.invariant else "both", "correlation": 3, "num_layers": args.layers,
                       "product_mixing": args.product_mixing,
                       "gate_odd_outputs": args.gate_odd,
