@@ -158,12 +158,23 @@ def main() -> None:
                      "pred": {name: p for name, (p, _) in preds.items()}})
     ref = {name: preds[name][1] for name in split}  # the same structures for every seed
     names = np.array([a.info["molecule"] for a in split["test"]])
+    conformers = np.array([a.info.get("conformer", -1) for a in split["test"]])
     n_params = runs[0]["n_params"]
     common = {"model": "equipot", "variant": variant, "dataset": "chirality", "n_params": n_params, "dtype": "float32"}
     records, rows, per_molecule = [], [], {}
 
     def by_molecule(pred):
         return {m: sign_accuracy(pred[names == m], ref["test"][names == m]) for m in TEST}
+
+    def by_conformer(pred):
+        """Per test molecule and conformer: (number of structures, share right); R/S does not depend on the
+        conformer, so a model that gets one conformer wrong and another right has not found the rule."""
+        out = {m: {} for m in TEST}
+        for m in TEST:
+            for c in np.unique(conformers[names == m]):
+                sel = (names == m) & (conformers == c)
+                out[m][int(c)] = (int(sel.sum()), sign_accuracy(pred[sel], ref["test"][sel]))
+        return out
 
     for run in runs:
         acc = {name: sign_accuracy(run["pred"][name], ref[name]) for name in split}
@@ -185,10 +196,14 @@ def main() -> None:
                                           for name in split)))
         rows.append(("ensemble", "", *(pct(sign_accuracy(ensemble[name], ref[name])) for name in split)))
         per_molecule["ensemble"] = by_molecule(ensemble["test"])
+    last = ensemble["test"] if len(runs) > 1 else runs[0]["pred"]["test"]
+    per_conformer = by_conformer(last)
     name = f"chirality-{variant}{seeds_tag}" + (f"-{args.tag}" if args.tag else "")
     path = write_result(name, args.threads, records,
                         extra={"test_molecules": TEST, "valid_molecules": VALID, "seeds": args.seeds,
-                               "per_test_molecule": per_molecule})
+                               "per_test_molecule": per_molecule,
+                               "per_test_conformer": {m: {str(c): round(a, 4) for c, (_, a) in v.items()}
+                                                      for m, v in per_conformer.items()}})
     md = [f"# Chirality (R/S) of molecules never seen in training: equipot {variant}", "",
           f"Machine: {machine(args.threads)['cpu']}, {args.threads} thread(s); float32; {args.budget_minutes:g} min "
           f"of training per seed; {n_params} parameters; {len(split['train'])} / {len(split['valid'])} / "
@@ -199,6 +214,9 @@ def main() -> None:
     md += ["", "Test accuracy per molecule:", ""]
     md += [f"- {who}: " + ", ".join(f"{m} {100 * a:.0f} %" for m, a in scores.items())
            for who, scores in per_molecule.items()]
+    md += ["", f"Test accuracy per conformer ({'ensemble' if len(runs) > 1 else 'the one seed'}; structures in brackets):", ""]
+    md += [f"- {m}: " + ", ".join(f"conformer {c} ({n}) {100 * a:.0f} %" for c, (n, a) in v.items())
+           for m, v in per_conformer.items()]
     (DOCS / f"{name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     print(f"wrote {path}")
