@@ -24,7 +24,8 @@ def _eval(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_model(args.model, dtype=getattr(torch, args.dtype) if args.dtype else None)
+    models = [load_model(path, dtype=getattr(torch, args.dtype) if args.dtype else None) for path in args.models]
+    model = models[0]
     keys = {"energy": args.energy_key, "forces": args.forces_key, "stress": args.stress_key}
     keys.update({name: name for name in model.output_fields})
     for item in args.key or []:
@@ -35,7 +36,7 @@ def _eval(args) -> None:
             known = ", ".join(list(keys) + ["total_charge"])
             raise SystemExit(f"equipot eval: --key {item!r}: this model has no output {name!r} (known: {known})")
         keys[name] = key
-    summary = evaluate_file(model, args.data, out_dir=args.out, keys=keys, energy_unit=args.energy_unit,
+    summary = evaluate_file(models, args.data, out_dir=args.out, keys=keys, energy_unit=args.energy_unit,
                             length_unit=args.length_unit, batch_size=args.batch_size)
     print(format_table(summary, {name: f.unit for name, f in model.output_fields.items()}))
     if args.json:
@@ -99,7 +100,9 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="errors, parity plots and predictions of a model on a data file")
-    e.add_argument("model")
+    e.add_argument("models", nargs="+", metavar="model",
+                   help="a model file; several: a committee, evaluated by the mean of their predictions, "
+                        "with its spread (pred_energy_std, pred_forces_std) in the predictions file")
     e.add_argument("data")
     e.add_argument("--json", help="write the metrics as JSON here")
     e.add_argument("--out", help="folder for the parity plot and the predictions (extxyz)")
@@ -149,13 +152,14 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     from .data import CloseAtomsError, DataError
+    from .evaluate import CommitteeError
     from .model import ModelFileError, UnknownElementError
     from .train import CheckpointError
 
     try:
         args.func(args)
     except (ConfigError, DataError, CloseAtomsError, ModelFileError, UnknownElementError, CheckpointError,
-            FileNotFoundError) as err:
+            CommitteeError, FileNotFoundError) as err:
         print(f"equipot: error: {err}", file=sys.stderr)
         return 2
     return 0

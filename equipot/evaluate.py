@@ -1,4 +1,5 @@
-"""`equipot eval MODEL DATA`: errors, parity plots and predictions of a model on a data set."""
+"""`equipot eval MODEL [MODEL ...] DATA`: errors, parity plots and predictions of a model, or of
+the mean of a committee of models, on a data set."""
 
 import json
 import os
@@ -14,6 +15,10 @@ from .data import Configuration, GraphLoader, read_configurations
 from .atomic import atomic_write
 from .model.potential import Potential
 from .train.metrics import ErrorAccumulator
+
+class CommitteeError(ValueError):
+    pass
+
 
 EVAL_KEYS = {"energy": "energy", "forces": "forces", "stress": "stress"}
 
@@ -48,6 +53,39 @@ def predict(
                 result["energy_long_range"] = float(pred["energy_long_range"][g])
                 result["energies_long_range"] = pred["energies_long_range"][a:b]
             results.append(result)
+    return results
+
+
+def committee_predict(
+    models: Sequence[Potential], configs: Sequence[Configuration], batch_size: int = 20, progress: bool = False
+) -> List[Dict[str, np.ndarray]]:
+    """The mean of several models' predictions (:func:`predict`), per configuration.
+
+    A mean of equivariant predictions is equivariant and the mean forces are minus the gradient
+    of the mean energy, so the committee is a model of the same kind. Each configuration also
+    gets the committee's spread, an estimate of the error where no label is known:
+    ``energy_std`` (eV) and ``forces_std`` (eV/Å, per atom: the standard deviation over the
+    models of the force vector, the root of the summed variances of its components).
+    """
+    if not models:
+        raise CommitteeError("a committee needs at least one model")
+    fields = models[0].output_fields
+    for k, m in enumerate(models[1:], 1):
+        if m.output_fields != fields:
+            raise CommitteeError(f"model {k + 1} of the committee has outputs {sorted(m.output_fields)}, "
+                             f"the first has {sorted(fields)}: a committee needs the same outputs")
+    runs = [predict(m, configs, batch_size=batch_size, progress=progress) for m in models]
+    results = []
+    for per_model in zip(*runs):
+        result = {"periodic": per_model[0]["periodic"]}
+        for key in per_model[0]:
+            if key != "periodic" and all(key in p for p in per_model):
+                result[key] = np.mean([p[key] for p in per_model], axis=0)
+        result["energy"] = float(result["energy"])
+        result["energy_std"] = float(np.std([p["energy"] for p in per_model]))
+        forces = np.stack([p["forces"] for p in per_model])  # (models, atoms, 3)
+        result["forces_std"] = np.sqrt(forces.var(axis=0).sum(axis=-1))
+        results.append(result)
     return results
 
 
@@ -159,6 +197,9 @@ def write_predictions(path: str, configs: Sequence[Configuration], preds: Sequen
             atoms.info["pred_energy_long_range"] = p["energy_long_range"]
             atoms.info["pred_energy_short_range"] = p["energy"] - p["energy_long_range"]
             atoms.arrays["pred_energies_long_range"] = p["energies_long_range"]
+        if "energy_std" in p:  # a committee's spread
+            atoms.info["pred_energy_std"] = p["energy_std"]
+            atoms.arrays["pred_forces_std"] = p["forces_std"]
         results = {"energy": p["energy"], "forces": p["forces"]}
         if p["periodic"]:
             results["stress"] = p["stress"]
@@ -168,7 +209,7 @@ def write_predictions(path: str, configs: Sequence[Configuration], preds: Sequen
 
 
 def evaluate_file(
-    model: Potential,
+    model,  # a Potential, or a sequence of them: a committee, evaluated by the mean of its predictions
     data_path: str,
     out_dir: Optional[str] = None,
     keys: Optional[Dict[str, str]] = None,
@@ -178,13 +219,20 @@ def evaluate_file(
     progress: bool = True,
 ) -> Dict[str, float]:
     """Errors of ``model`` on ``data_path``; with ``out_dir``, also plots and predictions."""
-    fields = model.output_fields
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
+    fields = models[0].output_fields
     if keys is None:
         keys = dict(EVAL_KEYS, **{name: name for name in fields})
     configs = read_configurations(data_path, keys=keys, energy_unit=energy_unit, length_unit=length_unit, fields=fields)
-    preds = predict(model, configs, batch_size=batch_size, progress=progress)
+    if len(models) == 1:
+        preds = predict(models[0], configs, batch_size=batch_size, progress=progress)
+    else:
+        preds = committee_predict(models, configs, batch_size=batch_size, progress=progress)
     summary = error_table(configs, preds, [name for name, f in fields.items() if f.shape == ()])
     summary["data"] = data_path
+    if len(models) > 1:
+        summary["n_models"] = len(models)
+        summary["mean_forces_std"] = float(np.mean(np.concatenate([p["forces_std"] for p in preds])))
     if out_dir:
         stem = os.path.splitext(os.path.basename(data_path))[0]
         os.makedirs(out_dir, exist_ok=True)

@@ -12,7 +12,7 @@ import yaml
 from ase import Atoms
 
 from equipot.cli import main
-from equipot.train import CHECKPOINT, MODEL, load_checkpoint
+from equipot.train import CHECKPOINT, LAST_MODEL, MODEL, load_checkpoint
 
 
 def write_config(tmp_path, values, name="config.yaml"):
@@ -49,6 +49,13 @@ def test_train_resume_eval_md(io_config_dict, io_small_xyz, tmp_path, capsys):
     stem = "acac12"
     assert (eval_dir / f"{stem}_parity.png").stat().st_size > 0
     assert len(ase.io.read(str(eval_dir / f"{stem}_predictions.xyz"), ":")) == 12
+    # a committee: the best and the last model, their mean and spread
+    assert main(["eval", model, os.path.join(out, LAST_MODEL), str(io_small_xyz), "--json", str(metrics),
+                 "--out", str(tmp_path / "committee")]) == 0
+    capsys.readouterr()
+    committee = json.loads(metrics.read_text())
+    assert committee["n_models"] == 2 and np.isfinite(committee["mean_forces_std"])
+    assert "pred_forces_std" in ase.io.read(str(tmp_path / "committee" / f"{stem}_predictions.xyz"), 0).arrays
 
     md_dir = tmp_path / "md"
     assert main(["md", model, str(io_small_xyz), "--steps", "10", "--interval", "5", "--dtype", "float64",

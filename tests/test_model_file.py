@@ -15,11 +15,13 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from conftest import IO_TINY_MODEL
 from hostile import Payload
 
 from equipot.calculator import EquipotCalculator
-from equipot.data import make_batch, read_configurations
-from equipot.evaluate import evaluate_file, format_table, write_json
+from equipot.config import config_from_dict
+from equipot.data import compute_statistics, fit_e0, make_batch, read_configurations, species_of
+from equipot.evaluate import CommitteeError, committee_predict, evaluate_file, format_table, predict, write_json
 from equipot.md import run_md
 from equipot.model import ModelFileError, UnknownElementError, build_model, load_model, save_model
 from equipot.model.model_file import FORMAT_VERSION
@@ -262,6 +264,41 @@ def test_evaluate_self_labelled_data(io_tiny_model, io_demo_frames, tmp_path):
     with torch.no_grad():
         next(other.energy_model.layers.parameters()).add_(0.5)
     assert evaluate_file(other, str(tmp_path / "self.xyz"), progress=False)["forces_rmse"] > 1.0
+
+
+def test_committee_is_the_mean_of_its_models_with_their_spread(io_tiny_model, io_demo_frames, tmp_path):
+    labelled_by_model(io_tiny_model, list(io_demo_frames[:3]), tmp_path / "self.xyz")
+    configs = read_configurations(str(tmp_path / "self.xyz"))
+    a, b = load_model(str(io_tiny_model)), load_model(str(io_tiny_model))
+    with torch.no_grad():
+        next(b.energy_model.layers.parameters()).add_(0.3)
+    pa, pb, pc = predict(a, configs), predict(b, configs), committee_predict([a, b], configs)
+    for x, y, c in zip(pa, pb, pc):
+        assert c["energy"] == pytest.approx((x["energy"] + y["energy"]) / 2, abs=1e-12)
+        np.testing.assert_allclose(c["forces"], (x["forces"] + y["forces"]) / 2, atol=1e-12)
+        np.testing.assert_allclose(c["energies"], (x["energies"] + y["energies"]) / 2, atol=1e-12)
+        # the spread of two: half their difference (per atom, the length of half the force difference)
+        assert c["energy_std"] == pytest.approx(abs(x["energy"] - y["energy"]) / 2, abs=1e-12)
+        assert c["energy_std"] > 1e-6
+        np.testing.assert_allclose(c["forces_std"], np.linalg.norm(x["forces"] - y["forces"], axis=1) / 2, atol=1e-12)
+    # a committee of one model twice is that model, with no spread
+    for x, c in zip(pa, committee_predict([a, a], configs)):
+        assert c["energy"] == pytest.approx(x["energy"], abs=1e-12) and c["energy_std"] == 0
+        assert np.all(c["forces_std"] == 0)
+    summary = evaluate_file([a, b], str(tmp_path / "self.xyz"), out_dir=str(tmp_path / "eval"), progress=False)
+    assert summary["n_models"] == 2 and summary["mean_forces_std"] > 0
+    assert summary["forces_rmse"] > 1e-3  # a labels a, b is off: the mean is not a
+    written = ase.io.read(str(tmp_path / "eval" / "self_predictions.xyz"), ":")
+    for atoms, c in zip(written, pc):
+        assert atoms.info["pred_energy_std"] == pytest.approx(c["energy_std"], rel=1e-6)
+        np.testing.assert_allclose(atoms.arrays["pred_forces_std"], c["forces_std"], atol=1e-7)
+        np.testing.assert_allclose(atoms.get_forces(), c["forces"], atol=1e-6)
+    # models with different outputs make no committee
+    config = config_from_dict({"model": {**IO_TINY_MODEL, "outputs": {"q": "0e"}}}, "x").model
+    species = species_of(configs)
+    other = build_model(config, compute_statistics(configs, config.r_max, fit_e0(configs, species), species))
+    with pytest.raises(CommitteeError, match="same outputs"):
+        committee_predict([a, other], configs)
 
 
 # ----------------------------------------------------------------------------- molecular dynamics
