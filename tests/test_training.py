@@ -137,7 +137,7 @@ def test_early_stopping(io_config_dict, monkeypatch):
     real_save = loop_module.save_model
 
     def counting_save(path, model, *args):
-        saved_at.append(len(trainer.history))  # epochs finished before this one
+        saved_at.append((os.path.basename(path), len(trainer.history)))  # epochs finished before this one
         real_save(path, model, *args)
 
     monkeypatch.setattr(loop_module, "save_model", counting_save)
@@ -147,7 +147,9 @@ def test_early_stopping(io_config_dict, monkeypatch):
     assert result["stop_reason"] == "early_stopping"
     assert result["epochs"] == 4  # best at epoch 2, then two epochs without improvement
     assert result["best_valid_loss"] == 2.0
-    assert saved_at == [0, 1]  # the model file holds the best epoch, not the last
+    # the model file holds the best epoch, not the last; the last model file every epoch
+    assert [epoch for name, epoch in saved_at if name == MODEL] == [0, 1]
+    assert [epoch for name, epoch in saved_at if name == LAST_MODEL] == [0, 1, 2, 3]
     state = load_checkpoint(os.path.join(config.output_dir, CHECKPOINT))
     assert state["bad_epochs"] == 2 and state["epoch"] == 4
 
