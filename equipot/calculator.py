@@ -1,6 +1,6 @@
 """ASE calculator: `EquipotCalculator(model_path, device=..., dtype=...)`."""
 
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -9,6 +9,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from .data.configuration import Configuration, to_graph
 from .model import Potential, load_model
+from .evaluate import CommitteeError
 from .model.compiled import CompiledPotential
 
 
@@ -26,13 +27,18 @@ class EquipotCalculator(Calculator):
     Inductor's cache already holds the architecture), and again, with a warning, at the first
     structure that needs a graph of another kind (an atom left without neighbours, as in a
     dissociation; a single atom). Not for long-range models.
+
+    Given several models (paths or Potentials), the calculator is their committee: every
+    property is the mean of the models' (equivariant, and the forces still minus the gradient of
+    the mean energy), and ``energy_std`` (eV) and ``forces_std`` (eV/Å per atom: the spread of
+    the force vector) are their spread, an error estimate along an MD run.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
 
     def __init__(
         self,
-        model: Union[str, Potential],
+        model: Union[str, Potential, Sequence[Union[str, Potential]]],
         device: str = "cpu",
         dtype: Optional[str] = None,
         total_charge: Optional[float] = None,
@@ -42,19 +48,34 @@ class EquipotCalculator(Calculator):
         super().__init__(**kwargs)
         self.total_charge = total_charge
         torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-        if isinstance(model, str):
-            model = load_model(model, dtype=torch_dtype, device=device)
-        elif torch_dtype is not None:
-            model = model.to(dtype=torch_dtype)
-        self.model = model.to(device).eval()
-        self.evaluate = CompiledPotential(self.model, inference=True) if compile else self.model
+        self.models = []
+        for m in model if isinstance(model, (list, tuple)) else [model]:
+            if isinstance(m, str):
+                m = load_model(m, dtype=torch_dtype, device=device)
+            elif torch_dtype is not None:
+                m = m.to(dtype=torch_dtype)
+            self.models.append(m.to(device).eval())
+        if not self.models:
+            raise CommitteeError("EquipotCalculator needs a model")
+        self.model = self.models[0]
+        for k, m in enumerate(self.models[1:], 2):
+            if m.output_fields != self.model.output_fields or (m.long_range is None) != (self.model.long_range is None):
+                raise CommitteeError(f"model {k} of the committee differs from the first in its outputs or in "
+                                     "long range: a committee needs the same outputs")
+            if m.dtype != self.model.dtype:
+                raise CommitteeError(f"model {k} of the committee is in {m.dtype}, the first in "
+                                     f"{self.model.dtype}: give dtype= to evaluate them all in one")
+        self.evaluators = [CompiledPotential(m, inference=True) if compile else m for m in self.models]
+        self.evaluate = self.evaluators[0]
         self.device = device
         self.dtype = self.model.dtype
-        self.r_max = model.model_config.r_max
+        self.r_max = self.model.model_config.r_max
         self.fields = self.model.output_fields
         self.implemented_properties = list(EquipotCalculator.implemented_properties) + list(self.fields)
         if self.model.long_range is not None:
             self.implemented_properties += ["energy_long_range", "energies_long_range"]
+        if len(self.models) > 1:
+            self.implemented_properties += ["energy_std", "forces_std"]
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -76,24 +97,33 @@ class EquipotCalculator(Calculator):
             source="structure given to EquipotCalculator",
             total_charge=total_charge,
         )
-        graph = to_graph(config, self.r_max).to(self.device, self.dtype)
-        out = self.evaluate(graph)
-        energy = float(out["energy"][0].detach())
+        graphs = {}  # one neighbour list per cutoff in the committee
+        outs = []
+        for m, evaluate in zip(self.models, self.evaluators):
+            r_max = m.model_config.r_max
+            if r_max not in graphs:
+                graphs[r_max] = to_graph(config, r_max).to(self.device, self.dtype)
+            out = evaluate(graphs[r_max])
+            outs.append({k: v.detach().cpu().double().numpy() for k, v in out.items()})
+        # a committee: the mean of its models (equivariant, and its forces those of its mean energy)
+        out = {k: np.mean([o[k] for o in outs], axis=0) for k in outs[0]} if len(outs) > 1 else outs[0]
+        energy = float(out["energy"][0])
         self.results = {
             "energy": energy,
             "free_energy": energy,
-            "forces": out["forces"].detach().cpu().double().numpy(),
-            "energies": out["energies"].detach().cpu().double().numpy(),
+            "forces": out["forces"],
+            "energies": out["energies"],
         }
+        if len(outs) > 1:  # its spread: an error estimate (per atom, the spread of the force vector)
+            self.results["energy_std"] = float(np.std([o["energy"][0] for o in outs]))
+            self.results["forces_std"] = np.sqrt(np.stack([o["forces"] for o in outs]).var(axis=0).sum(axis=-1))
         if periodic:
-            stress = out["stress"][0].detach().cpu().double().numpy()
-            self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
+            self.results["stress"] = full_3x3_to_voigt_6_stress(out["stress"][0])
         if "energy_long_range" in out:  # the electrostatic part of the energy and its per-atom split
-            self.results["energy_long_range"] = float(out["energy_long_range"][0].detach())
-            self.results["energies_long_range"] = out["energies_long_range"].detach().cpu().double().numpy()
+            self.results["energy_long_range"] = float(out["energy_long_range"][0])
+            self.results["energies_long_range"] = out["energies_long_range"]
         for name, f in self.fields.items():
             if f.kind in ("dipole", "born_charges") and periodic:
                 continue
-            value = out[name].detach().cpu().double().numpy()
-            value = value if f.level == "node" else value[0]
+            value = out[name] if f.level == "node" else out[name][0]
             self.results[name] = float(value) if value.ndim == 0 else value

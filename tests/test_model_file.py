@@ -301,6 +301,41 @@ def test_committee_is_the_mean_of_its_models_with_their_spread(io_tiny_model, io
         committee_predict([a, other], configs)
 
 
+def test_calculator_committee_mean_spread_and_forces_of_the_mean_energy(io_tiny_model, io_demo_frames):
+    a, b = load_model(str(io_tiny_model)), load_model(str(io_tiny_model))
+    with torch.no_grad():
+        next(b.energy_model.layers.parameters()).add_(0.3)
+    box = Atoms("COH", scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5], [0.25, 0.7, 0.1]],
+                cell=[[3.6, 0, 0], [0.8, 3.4, 0], [0.3, 0.5, 3.8]], pbc=True)
+    for atoms in (io_demo_frames[0].copy(), box):
+        single = []
+        for m in (a, b):
+            atoms.calc = EquipotCalculator(m)
+            single.append((atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress() if atoms.pbc.any() else None))
+        atoms.calc = EquipotCalculator([a, b])
+        assert atoms.get_potential_energy() == pytest.approx((single[0][0] + single[1][0]) / 2, abs=1e-10)
+        np.testing.assert_allclose(atoms.get_forces(), (single[0][1] + single[1][1]) / 2, atol=1e-10)
+        if atoms.pbc.any():
+            np.testing.assert_allclose(atoms.get_stress(), (single[0][2] + single[1][2]) / 2, atol=1e-10)
+        assert atoms.calc.get_property("energy_std", atoms) == pytest.approx(abs(single[0][0] - single[1][0]) / 2)
+        np.testing.assert_allclose(atoms.calc.get_property("forces_std", atoms),
+                                   np.linalg.norm(single[0][1] - single[1][1], axis=1) / 2, atol=1e-10)
+    # the mean forces are minus the gradient of the mean energy (central differences, float64)
+    atoms = io_demo_frames[0].copy()
+    atoms.calc = EquipotCalculator([str(io_tiny_model), b])
+    forces, h = atoms.get_forces(), 1e-4
+    for i, k in ((0, 0), (3, 2)):
+        shifted = atoms.copy()
+        shifted.calc = atoms.calc
+        shifted.positions[i, k] += h
+        up = shifted.get_potential_energy()
+        shifted.positions[i, k] -= 2 * h
+        down = shifted.get_potential_energy()
+        assert forces[i, k] == pytest.approx(-(up - down) / (2 * h), abs=1e-6)
+    with pytest.raises(CommitteeError, match="dtype"):
+        EquipotCalculator([a, load_model(str(io_tiny_model), dtype=torch.float32)])
+
+
 # ----------------------------------------------------------------------------- molecular dynamics
 
 
