@@ -52,13 +52,15 @@ def _md(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = run_md(args.model, args.structure, args.out, ensemble=args.ensemble, timestep_fs=args.timestep_fs,
+    result = run_md(args.models if len(args.models) > 1 else args.models[0], args.structure, args.out, ensemble=args.ensemble, timestep_fs=args.timestep_fs,
                     temperature_K=args.temperature_K, steps=args.steps, interval=args.interval, dtype=args.dtype,
                     total_charge=args.total_charge, compile=args.compile)
     print(f"trajectory: {result.trajectory}\nlog: {result.log}")
     if result.energy_drift_meV_per_atom is not None:
         print(f"NVE energy drift: {result.energy_drift_meV_per_atom:.4f} meV/atom "
               f"(max deviation {result.max_energy_deviation_meV_per_atom:.4f} meV/atom)")
+    if result.max_forces_std is not None:
+        print(f"committee: largest spread of an atom's force {result.max_forces_std:.4f} eV/Å (per frame in the log)")
 
 
 def _convert(args) -> None:
@@ -119,7 +121,8 @@ def parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_eval)
 
     m = sub.add_parser("md", help="molecular dynamics through ASE")
-    m.add_argument("model")
+    m.add_argument("models", nargs="+", metavar="model",
+                   help="a model file; several: a committee, its mean driving the MD and its force spread logged")
     m.add_argument("structure", help="any ASE-readable file; its first frame is used")
     m.add_argument("--ensemble", choices=["nve", "nvt"], default="nve")
     m.add_argument("--timestep-fs", type=float, default=0.5)

@@ -24,10 +24,11 @@ class MDResult:
     steps: int
     energy_drift_meV_per_atom: Optional[float]  # NVE only: |E_total(end) - E_total(start)| / N
     max_energy_deviation_meV_per_atom: Optional[float]
+    max_forces_std: Optional[float] = None  # a committee: the largest per-atom spread of its forces (eV/Å) seen
 
 
 def run_md(
-    model_path: str,
+    model_path,  # a model file, or several: a committee (EquipotCalculator), whose spread is logged
     structure_path: str,
     out_dir: str,
     ensemble: str = "nve",
@@ -66,19 +67,26 @@ def run_md(
     if os.path.exists(traj_path):
         os.remove(traj_path)
     n = len(atoms)
-    totals = []
+    totals, spreads = [], []
+    committee = len(atoms.calc.models) > 1
 
     def record():
         epot, ekin = atoms.get_potential_energy(), atoms.get_kinetic_energy()
         totals.append(epot + ekin)
+        extra = ""
+        if committee:  # the spread of the models' forces, per atom in the trajectory, its largest in the log
+            atoms.arrays["forces_std"] = atoms.calc.get_property("forces_std", atoms)
+            spreads.append(float(atoms.arrays["forces_std"].max()))
+            extra = f" {spreads[-1]:14.6f}"
         ase.io.write(traj_path, atoms, format="extxyz", append=True)
         with open(log_path, "a") as f:
             t_ps = dyn.get_time() / (1000 * units.fs)
             temp = ekin / (1.5 * units.kB * n)
-            f.write(f"{t_ps:12.4f} {epot:16.6f} {ekin:12.6f} {epot + ekin:16.6f} {temp:10.2f}\n")
+            f.write(f"{t_ps:12.4f} {epot:16.6f} {ekin:12.6f} {epot + ekin:16.6f} {temp:10.2f}{extra}\n")
 
     with open(log_path, "w") as f:
-        f.write(f"# {ensemble.upper()} {structure_path}: time_ps epot_eV ekin_eV etot_eV temperature_K\n")
+        f.write(f"# {ensemble.upper()} {structure_path}: time_ps epot_eV ekin_eV etot_eV temperature_K"
+                + (" max_forces_std_eV/A" if committee else "") + "\n")
     record()
     bar = tqdm(total=steps, desc=f"MD {ensemble.upper()}", disable=not progress)
     done = 0
@@ -95,4 +103,4 @@ def run_md(
         totals_arr = np.array(totals)
         drift = 1000 * abs(totals_arr[-1] - totals_arr[0]) / n
         dev = 1000 * np.max(np.abs(totals_arr - totals_arr[0])) / n
-    return MDResult(traj_path, log_path, steps, drift, dev)
+    return MDResult(traj_path, log_path, steps, drift, dev, max(spreads) if spreads else None)

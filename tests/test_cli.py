@@ -66,6 +66,14 @@ def test_train_resume_eval_md(io_config_dict, io_small_xyz, tmp_path, capsys):
     assert main(["md", model, str(io_small_xyz), "--steps", "5", "--interval", "5", "--ensemble", "nvt",
                  "--out", str(tmp_path / "nvt")]) == 0
     assert "drift" not in capsys.readouterr().out
+    # a committee drives the MD with its mean and logs its spread
+    assert main(["md", model, os.path.join(out, LAST_MODEL), str(io_small_xyz), "--steps", "4", "--interval", "2",
+                 "--out", str(tmp_path / "committee_md")]) == 0
+    assert "committee: largest spread" in capsys.readouterr().out
+    rows = np.loadtxt(tmp_path / "committee_md" / "md.log")
+    assert rows.shape == (3, 6) and np.all(rows[:, 5] >= 0)
+    frames = ase.io.read(str(tmp_path / "committee_md" / "md.xyz"), ":")
+    assert [f.arrays["forces_std"].max() for f in frames] == pytest.approx(rows[:, 5], abs=1e-6)
 
 
 def test_bad_config_key_exits_2(tmp_path, io_config_dict, capsys):
