@@ -9,7 +9,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from .data.configuration import Configuration, to_graph
 from .model import Potential, load_model
-from .evaluate import CommitteeError
+from .evaluate import CommitteeError, committee_mean
 from .model.compiled import CompiledPotential
 
 
@@ -106,7 +106,7 @@ class EquipotCalculator(Calculator):
             out = evaluate(graphs[r_max])
             outs.append({k: v.detach().cpu().double().numpy() for k, v in out.items()})
         # a committee: the mean of its models (equivariant, and its forces those of its mean energy)
-        out = {k: np.mean([o[k] for o in outs], axis=0) for k in outs[0]} if len(outs) > 1 else outs[0]
+        out = committee_mean(outs) if len(outs) > 1 else outs[0]
         energy = float(out["energy"][0])
         self.results = {
             "energy": energy,
@@ -114,9 +114,8 @@ class EquipotCalculator(Calculator):
             "forces": out["forces"],
             "energies": out["energies"],
         }
-        if len(outs) > 1:  # its spread: an error estimate (per atom, the spread of the force vector)
-            self.results["energy_std"] = float(np.std([o["energy"][0] for o in outs]))
-            self.results["forces_std"] = np.sqrt(np.stack([o["forces"] for o in outs]).var(axis=0).sum(axis=-1))
+        if len(outs) > 1:  # its spread: an error estimate along a trajectory
+            self.results["energy_std"], self.results["forces_std"] = out["energy_std"], out["forces_std"]
         if periodic:
             self.results["stress"] = full_3x3_to_voigt_6_stress(out["stress"][0])
         if "energy_long_range" in out:  # the electrostatic part of the energy and its per-atom split

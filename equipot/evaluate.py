@@ -77,16 +77,21 @@ def committee_predict(
     runs = [predict(m, configs, batch_size=batch_size, progress=progress) for m in models]
     results = []
     for per_model in zip(*runs):
-        result = {"periodic": per_model[0]["periodic"]}
-        for key in per_model[0]:
-            if key != "periodic" and all(key in p for p in per_model):
-                result[key] = np.mean([p[key] for p in per_model], axis=0)
+        result = committee_mean([{k: v for k, v in p.items() if k != "periodic"} for p in per_model])
         result["energy"] = float(result["energy"])
-        result["energy_std"] = float(np.std([p["energy"] for p in per_model]))
-        forces = np.stack([p["forces"] for p in per_model])  # (models, atoms, 3)
-        result["forces_std"] = np.sqrt(forces.var(axis=0).sum(axis=-1))
+        result["periodic"] = per_model[0]["periodic"]
         results.append(result)
     return results
+
+
+def committee_mean(outs: Sequence[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+    """The mean over models of every quantity that all of ``outs`` hold, with the spread of the
+    energy (``energy_std``) and, per atom, of the force vector (``forces_std``: the root of the
+    summed variances of its components)."""
+    mean = {k: np.mean([o[k] for o in outs], axis=0) for k in outs[0] if all(k in o for o in outs)}
+    mean["energy_std"] = float(np.std([np.reshape(o["energy"], -1)[0] for o in outs]))
+    mean["forces_std"] = np.sqrt(np.stack([o["forces"] for o in outs]).var(axis=0).sum(axis=-1))
+    return mean
 
 
 def error_table(configs: Sequence[Configuration], preds: Sequence[dict], scalars: Sequence[str] = ()) -> Dict[str, float]:
