@@ -8,8 +8,8 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from .data.configuration import Configuration, to_graph
+from .evaluate import check_committee, committee_mean
 from .model import Potential, load_model
-from .evaluate import CommitteeError, committee_mean
 from .model.compiled import CompiledPotential
 
 
@@ -55,16 +55,8 @@ class EquipotCalculator(Calculator):
             elif torch_dtype is not None:
                 m = m.to(dtype=torch_dtype)
             self.models.append(m.to(device).eval())
-        if not self.models:
-            raise CommitteeError("EquipotCalculator needs a model")
+        check_committee(self.models)
         self.model = self.models[0]
-        for k, m in enumerate(self.models[1:], 2):
-            if m.output_fields != self.model.output_fields or (m.long_range is None) != (self.model.long_range is None):
-                raise CommitteeError(f"model {k} of the committee differs from the first in its outputs or in "
-                                     "long range: a committee needs the same outputs")
-            if m.dtype != self.model.dtype:
-                raise CommitteeError(f"model {k} of the committee is in {m.dtype}, the first in "
-                                     f"{self.model.dtype}: give dtype= to evaluate them all in one")
         self.evaluators = [CompiledPotential(m, inference=True) if compile else m for m in self.models]
         self.evaluate = self.evaluators[0]
         self.device = device

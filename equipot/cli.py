@@ -52,7 +52,8 @@ def _md(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = run_md(args.models if len(args.models) > 1 else args.models[0], args.structure, args.out, ensemble=args.ensemble, timestep_fs=args.timestep_fs,
+    models = args.models if len(args.models) > 1 else args.models[0]  # several: a committee
+    result = run_md(models, args.structure, args.out, ensemble=args.ensemble, timestep_fs=args.timestep_fs,
                     temperature_K=args.temperature_K, steps=args.steps, interval=args.interval, dtype=args.dtype,
                     total_charge=args.total_charge, compile=args.compile)
     print(f"trajectory: {result.trajectory}\nlog: {result.log}")

@@ -16,6 +16,7 @@ from .atomic import atomic_write
 from .model.potential import Potential
 from .train.metrics import ErrorAccumulator
 
+
 class CommitteeError(ValueError):
     pass
 
@@ -67,13 +68,7 @@ def committee_predict(
     ``energy_std`` (eV) and ``forces_std`` (eV/Å, per atom: the standard deviation over the
     models of the force vector, the root of the summed variances of its components).
     """
-    if not models:
-        raise CommitteeError("a committee needs at least one model")
-    fields = models[0].output_fields
-    for k, m in enumerate(models[1:], 1):
-        if m.output_fields != fields:
-            raise CommitteeError(f"model {k + 1} of the committee has outputs {sorted(m.output_fields)}, "
-                             f"the first has {sorted(fields)}: a committee needs the same outputs")
+    check_committee(models)
     runs = [predict(m, configs, batch_size=batch_size, progress=progress) for m in models]
     results = []
     for per_model in zip(*runs):
@@ -82,6 +77,23 @@ def committee_predict(
         result["periodic"] = per_model[0]["periodic"]
         results.append(result)
     return results
+
+
+def check_committee(models: Sequence[Potential]) -> None:
+    """Models that can be averaged: at least one, all with the same outputs, long range or not,
+    and the same dtype."""
+    if not models:
+        raise CommitteeError("a committee needs at least one model")
+    first = models[0]
+    for k, m in enumerate(models[1:], 2):
+        if m.output_fields != first.output_fields or (m.long_range is None) != (first.long_range is None):
+            raise CommitteeError(f"model {k} of the committee has outputs {sorted(m.output_fields)}"
+                                 f"{'' if m.long_range is None else ' and long range'}, the first "
+                                 f"{sorted(first.output_fields)}{'' if first.long_range is None else ' and long range'}: "
+                                 "a committee needs the same outputs")
+        if m.dtype != first.dtype:
+            raise CommitteeError(f"model {k} of the committee is in {m.dtype}, the first in {first.dtype}: "
+                                 "load them in one dtype")
 
 
 def committee_mean(outs: Sequence[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
