@@ -30,6 +30,7 @@ from common import DATA, DOCS, REPO, machine, train_model, write_frames, write_r
 
 from equipot.config import config_from_dict, load_config
 from equipot.data import read_configurations
+from equipot.data.torsions import bond_graph, torsion_conformers
 from equipot.evaluate import predict
 from equipot.model import load_model
 from equipot.train import LAST_MODEL, MODEL
@@ -100,6 +101,10 @@ def main() -> None:
                    help="train on the validation molecules too (20 molecules instead of 17), the learning rate on a "
                         "cosine over the budget, and read R/S from the model after the last epoch: nothing is "
                         "picked by the three validation molecules (the valid column is then training data)")
+    p.add_argument("--torsions", type=int, default=0,
+                   help="add this many conformers of every training structure, each rotatable bond turned by a random "
+                        "angle (equipot.data.torsions; R/S unchanged, energies and forces dropped): R/S must not depend "
+                        "on the conformer")
     p.add_argument("--tag", default="", help="appended to the result's name (a rerun on another machine, say)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -111,6 +116,7 @@ def main() -> None:
     variant += "-sign" if args.sign_loss else ""
     variant += "-site" if args.site_labels else ""
     variant += "-novalid" if args.no_valid else ""
+    variant += f"-t{args.torsions}" if args.torsions else ""
     variant += f"-ef{args.forces_weight:g}" if args.forces_weight > 0 else ""
     variant += f"-{args.budget_minutes:g}min" if args.budget_minutes != 10.0 else ""
     seeds_tag = "" if args.seeds == [11] else "-seed" + "-".join(map(str, args.seeds))
@@ -120,7 +126,12 @@ def main() -> None:
     if args.no_valid:
         split["train"] = split["train"] + split["valid"]
     model_file = LAST_MODEL if args.no_valid else MODEL
+    # each molecule's bonds from its least displaced structure (a strongly displaced one may break a bond)
+    graphs = {m: bond_graph(min((a for a in frames if a.info["molecule"] == m), key=lambda a: a.info["sigma"]))
+              for m in {a.info["molecule"] for a in frames}}
     auxiliary = args.forces_weight > 0
+    if auxiliary and args.torsions:
+        p.error("--torsions drops energies and forces from the new conformers: not with --forces-weight")
     label_key = "chirality@stereocentre" if args.site_labels else "chirality"  # ±1 on the stereocentre, 0 elsewhere
     output = ({"type": "0e" if args.invariant else "0o", "level": "node"} if args.site_labels
               else "0e" if args.invariant else "0o")
@@ -130,9 +141,14 @@ def main() -> None:
     for seed in args.seeds:
         out = REPO / "runs" / (f"chirality-{variant}" + (f"-seed{seed}" if seed != 11 else ""))
         files = {name: write_frames(out / f"{name}.xyz", split[name]) for name in split}
+        train_file = files["train"]  # accuracies are read on the structures of the data set only
+        if args.torsions:  # with the turned conformers, drawn with the run's seed
+            rng = np.random.default_rng(seed)
+            turned = [c for a in split["train"] for c in torsion_conformers(a, args.torsions, rng, graphs[a.info["molecule"]])]
+            train_file = write_frames(out / "train-torsions.xyz", split["train"] + turned)
         values = {
             "output_dir": str(out / "train"), "seed": seed,
-            "data": {"train": str(files["train"]), "valid": str(files["valid"]),
+            "data": {"train": str(train_file), "valid": str(files["valid"]),
                      "keys": {"chirality": label_key, **({"energy": "energy", "forces": "forces"} if auxiliary else {})}},
             "model": {"r_max": args.r_max, "channels": args.channels, "lmax": 0 if args.invariant else args.lmax,
                       "parity": "natural" if args.invariant else "both", "correlation": 3, "num_layers": args.layers,
@@ -207,7 +223,9 @@ def main() -> None:
     md = [f"# Chirality (R/S) of molecules never seen in training: equipot {variant}", "",
           f"Machine: {machine(args.threads)['cpu']}, {args.threads} thread(s); float32; {args.budget_minutes:g} min "
           f"of training per seed; {n_params} parameters; {len(split['train'])} / {len(split['valid'])} / "
-          f"{len(split['test'])} train / valid / test structures; command: "
+          f"{len(split['test'])} train / valid / test structures"
+          + (f", and {args.torsions} turned conformers of each training structure" if args.torsions else "")
+          + "; command: "
           f"`python benchmarks/chirality.py {shlex.join(sys.argv[1:])}`",
           "", f"| model | epochs | train | {'valid (trained on)' if args.no_valid else 'valid'} | test |", "|---|---|---|---|---|"]
     md += [f"| {' | '.join(map(str, r))} |" for r in rows]
