@@ -29,8 +29,7 @@ import torch
 from common import DATA, DOCS, REPO, machine, train_model, write_frames, write_result
 
 from equipot.config import config_from_dict, load_config
-from equipot.data import read_configurations
-from equipot.data.torsions import bond_graph, torsion_conformers
+from equipot.data import bond_graph, read_configurations, torsion_conformers
 from equipot.evaluate import predict
 from equipot.model import load_model
 from equipot.train import LAST_MODEL, MODEL

@@ -117,6 +117,13 @@ class TrainingConfig:
     augment_rotations: bool = False  # rotate every training structure at random in every epoch
     compile: bool = False  # trace and compile the model's evaluation (equipot.model.compiled): faster steps after a compile of minutes (cached for later runs)
     patience: int = 50  # early stopping, in epochs without a better validation loss
+    # fine-tuning: start from this model file's weights, configuration and statistics (the model
+    # section may then be left out; keys written in it must agree with the file)
+    init_from: Optional[str] = None
+    # with init_from: the E0s of the model file ("model"), or new ones from data.e0s and this
+    # training set ("data", for a new reference method), the per-species energy shifts moved by
+    # the difference
+    init_e0s: str = "model"
     loss: LossConfig = field(default_factory=LossConfig)
 
 
@@ -295,6 +302,9 @@ def _validate(config: Config, source: str) -> None:
         (t.scheduler != "budget" or t.max_minutes is not None,
          "training.scheduler 'budget' decays the learning rate over training.max_minutes; set max_minutes"),
         (t.batch_size >= 1, "training.batch_size must be positive"),
+        (t.init_e0s in ("model", "data"), "training.init_e0s must be 'model' or 'data'"),
+        (t.init_from is not None or t.init_e0s == "model",
+         "training.init_e0s: 'data' moves the E0s of a model given by training.init_from; set init_from"),
         (t.lr > 0, "training.lr must be positive"),
         (0.0 < config.data.valid_fraction < 1.0 or config.data.valid, "data.valid_fraction must be in (0, 1)"),
         (all(k in ("energy", "forces", "stress", "virial", "total_charge") or k in config.model.outputs for k in config.data.keys),
@@ -317,9 +327,42 @@ def _validate(config: Config, source: str) -> None:
 
 
 def config_from_dict(values: dict, source: str = "<config>") -> Config:
-    config = _from_dict(Config, values or {}, "", source)
+    values = dict(values or {})
+    training = values.get("training")
+    init_from = training.get("init_from") if isinstance(training, dict) else None
+    if init_from is not None:
+        values["model"] = _model_of_file(init_from, values.get("model"), source)
+    config = _from_dict(Config, values, "", source)
     _validate(config, source)
     return config
+
+
+def _model_of_file(path: Any, written: Any, source: str) -> dict:
+    """The model section of a fine-tuning run: that of the model file ``path``, with which every
+    key written in the config's own model section must agree."""
+    from .model.model_file import ModelFileError, read_model_file  # the model package reads this module
+
+    if not isinstance(path, str):
+        raise ConfigError(f"{source}: training.init_from must be the path of a model file, got {path!r}")
+    try:
+        _, from_file, _, _ = read_model_file(path)
+    except ModelFileError as err:
+        raise ConfigError(f"{source}: training.init_from: {err}") from None
+    values = dataclasses.asdict(from_file)
+    if written is None:
+        return values
+    if not isinstance(written, dict):
+        raise ConfigError(f"{source}: model must be a mapping, got {type(written).__name__}")
+    mine = dataclasses.asdict(_from_dict(ModelConfig, {**values, **written}, "model", source))
+    differ = [k for k in written if mine[k] != values[k]]
+    if differ:
+        raise ConfigError(
+            f"{source}: training.init_from: {path} was trained with "
+            + ", ".join(f"model.{k} = {values[k]!r}" for k in differ)
+            + ", which the config's model section changes ("
+            + ", ".join(f"{mine[k]!r}" for k in differ)
+            + "); a fine-tuned model keeps the architecture of the file: leave these keys out")
+    return values
 
 
 def load_config(path: str) -> Config:

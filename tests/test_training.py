@@ -319,3 +319,84 @@ def test_checkpoint_loading_executes_nothing(tmp_path):
     with pytest.raises(CheckpointError):
         load_checkpoint(str(path))
     assert not os.path.exists(marker)
+
+
+def fine_tuning(io_config_dict, base_model, name, **training):
+    """A run that starts from ``base_model`` (training.init_from), its model section left out."""
+    values = io_config_dict(name, init_from=str(base_model), **training)
+    del values["model"]
+    return values
+
+
+def test_fine_tuning_starts_from_the_model_file(io_straight_run, io_config_dict):
+    _, straight, _ = io_straight_run
+    base = os.path.join(straight.output_dir, MODEL)
+    values = fine_tuning(io_config_dict, base, "tuned")
+    config = config_from_dict(values, "tune.yaml")
+    assert config.model == load_model(base).model_config  # the file's architecture, the section left out
+    trainer = Trainer(config, progress=False)
+    trainer._setup(resume=False)
+    start = dict(trainer.model.named_parameters())
+    assert all(torch.equal(v.detach(), start[k].detach()) for k, v in load_model(base).named_parameters())
+    assert trainer.stats == load_model(base).statistics  # E0s, scale and neighbour count of the file
+    _, result = train(values)
+    assert result["epochs"] == 2
+    tuned = dict(load_model(os.path.join(config.output_dir, LAST_MODEL)).named_parameters())
+    assert any(not torch.equal(v.detach(), tuned[k].detach()) for k, v in start.items())  # it trained on
+    # and it resumes like any run: the config is re-read against the same file
+    more = fine_tuning(io_config_dict, base, "tuned", max_epochs=3)
+    _, result = train(more, resume=True)
+    assert result["epochs"] == 3
+
+
+def test_fine_tuning_model_section_must_agree_with_the_file(io_straight_run, io_config_dict):
+    _, straight, _ = io_straight_run
+    base = os.path.join(straight.output_dir, MODEL)
+    values = io_config_dict("tuned", init_from=base)  # the model section as it was written: agrees
+    assert config_from_dict(values, "tune.yaml").model == load_model(base).model_config
+    values["model"]["channels"] = 8
+    with pytest.raises(ConfigError, match=r"tune.yaml: training.init_from: .* model.channels = 4, .* \(8\)"):
+        config_from_dict(values, "tune.yaml")
+    values = io_config_dict("tuned", init_from=base + ".missing")
+    with pytest.raises(ConfigError, match="init_from: model file not found"):
+        config_from_dict(values, "tune.yaml")
+    with pytest.raises(ConfigError, match="init_e0s.*set init_from"):
+        config_from_dict(io_config_dict("x", init_e0s="data"), "tune.yaml")
+
+
+def test_fine_tuning_refuses_new_elements(io_straight_run, io_config_dict, io_demo_frames, tmp_path):
+    _, straight, _ = io_straight_run
+    frames = [a.copy() for a in io_demo_frames[:6]]
+    for a in frames:
+        a.calc = None
+        a.info["energy"], a.arrays["forces"] = -100.0, np.zeros((len(a), 3))
+    frames[2].numbers[0] = 7  # nitrogen, which the model has no weights for
+    path = tmp_path / "with_n.xyz"
+    ase.io.write(path, frames, format="extxyz")
+    values = fine_tuning(io_config_dict, os.path.join(straight.output_dir, MODEL), "tuned")
+    values["data"]["train"] = str(path)
+    with pytest.raises(ConfigError, match="trained on H, C, O; the training data also holds N"):
+        train(values)
+
+
+def test_fine_tuning_with_new_e0s_moves_the_energy_shifts(io_straight_run, io_config_dict):
+    _, straight, _ = io_straight_run
+    base = os.path.join(straight.output_dir, MODEL)
+    old = load_model(base)
+    new_e0 = {"H": -13.0, "C": -1030.0, "O": -2040.0}
+    values = fine_tuning(io_config_dict, base, "tuned", init_e0s="data")
+    values["data"]["e0s"] = new_e0
+    trainer = Trainer(config_from_dict(values, "tune.yaml"), progress=False)
+    trainer._setup(resume=False)
+    assert trainer.stats.e0 == {1: -13.0, 6: -1030.0, 8: -2040.0}
+    moved = trainer.model.energy_model.atomic_shift.detach() - old.energy_model.atomic_shift.detach()
+    expected = torch.tensor([new_e0[s] - old.statistics.e0[z] for s, z in (("H", 1), ("C", 6), ("O", 8))],
+                            dtype=moved.dtype)
+    torch.testing.assert_close(moved, expected, rtol=0, atol=1e-9)
+    # the energy of a structure moves by exactly Σ ΔE0 over its atoms; forces do not change
+    graph = make_batch(read_configurations(values["data"]["train"])[:1], old.model_config.r_max, dtype=torch.float32)
+    a, b = old(graph), trainer.model.eval()(graph)
+    delta = sum(new_e0[s] - old.statistics.e0[z] for s, z in (("H", 1), ("C", 6), ("O", 8))
+                for _ in range(int((graph.numbers == z).sum())))
+    assert float((b["energy"] - a["energy"]).detach()) == pytest.approx(delta, abs=1e-6 * abs(delta))
+    torch.testing.assert_close(b["forces"], a["forces"])

@@ -30,7 +30,7 @@ from .ema import EMA
 from .history import write_history
 from .loss import combine, loss_names, squared_error_terms
 from .metrics import ErrorAccumulator
-from .setup import read_splits, training_statistics
+from .setup import fine_tuning_start, read_splits, training_statistics
 from .world import World
 
 CHECKPOINT = "checkpoint.pt"
@@ -66,11 +66,15 @@ class Trainer:
             saved = _from_dict(Config, json.loads(state["config"]), "", checkpoint).to_dict()
             check_resumable(saved, self.config.to_dict(), checkpoint)
         self.splits = read_splits(self.config)
-        if state is not None:
+        if state is not None:  # its weights come with the rest of the state (_load_state)
             self.stats = Statistics.from_dict(json.loads(state["statistics"]))
+            self.model = build_model(self.config.model, self.stats, self.dtype)
+        elif t.init_from is not None:
+            self.model, self.stats = fine_tuning_start(self.config, self.splits, self.dtype)
         else:
             self.stats = training_statistics(self.config, self.splits.train)
-        self.model = build_model(self.config.model, self.stats, self.dtype).to(self.device)
+            self.model = build_model(self.config.model, self.stats, self.dtype)
+        self.model = self.model.to(self.device)
         self._scalar_outputs = [n for n, f in output_fields(self.config.model).items() if f.shape == ()]
         # what evaluates a batch: the model, or (training.compile) its traced and compiled graph
         self.evaluate = self.model if not t.compile else CompiledPotential(self.model)

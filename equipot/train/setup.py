@@ -1,10 +1,11 @@
 """From a data config to training and validation sets and training-set statistics."""
 
 import os
-from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from dataclasses import dataclass, replace
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
+import torch
 from ase.data import atomic_numbers, chemical_symbols
 
 from ..config import Config, ConfigError, DataConfig, output_fields
@@ -12,6 +13,7 @@ from ..data import CloseAtomsError, Configuration, DataError, compute_statistics
 from ..data.reading import iread_configurations
 from ..data.store import ConfigurationStore, Subset, is_store, sample
 from ..data.statistics import Statistics
+from ..model import Potential, load_model
 from ..units import energy_factor
 
 
@@ -103,8 +105,7 @@ STATISTICS_SAMPLE = 20000
 
 
 def training_statistics(config: Config, train: Sequence[Configuration]) -> Statistics:
-    base = train.base if isinstance(train, Subset) else train
-    species = base.species() if isinstance(base, ConfigurationStore) else species_of(train)
+    species = _species(train)
     train = sample(train, STATISTICS_SAMPLE, config.seed)
     e0 = read_e0s(config.data.e0s, config.data, train, species)
     try:
@@ -113,3 +114,38 @@ def training_statistics(config: Config, train: Sequence[Configuration]) -> Stati
         raise
     except ValueError as err:  # E0 missing for an element of the training data
         raise ConfigError(str(err)) from None
+
+
+def _species(configs: Sequence[Configuration]) -> List[int]:
+    base = configs.base if isinstance(configs, Subset) else configs
+    return base.species() if isinstance(base, ConfigurationStore) else species_of(configs)
+
+
+def fine_tuning_start(config: Config, splits: Splits, dtype: torch.dtype) -> Tuple[Potential, Statistics]:
+    """The model and statistics a run with ``training.init_from`` starts from: the file's weights
+    and statistics (the model section of ``config`` is already the file's, see
+    :func:`equipot.config.config_from_dict`). With ``training.init_e0s: data`` the E0s come from
+    ``data.e0s`` and ``train``, and each species' energy shift moves by the change of its E0, so
+    the model starts from the same energies relative to the new E0s."""
+    path = config.training.init_from
+    model = load_model(path, dtype=dtype)
+    stats = model.statistics
+    species = _species(splits.train)
+    unknown = sorted(set(species + _species(splits.valid)) - set(stats.species))
+    if unknown:
+        raise ConfigError(
+            f"training.init_from: {path} was trained on {', '.join(chemical_symbols[z] for z in stats.species)}; "
+            f"the training data also holds {', '.join(chemical_symbols[z] for z in unknown)}, for which it has "
+            "no weights (a fine-tuned model keeps the elements it has)")
+    if config.training.init_e0s == "data":
+        sampled = sample(splits.train, STATISTICS_SAMPLE, config.seed)
+        if config.data.e0s == "fit" and not all("energy" in c.targets for c in sampled):
+            raise ConfigError("training.init_e0s: 'data' with data.e0s 'fit' needs energies in the training data")
+        e0 = read_e0s(config.data.e0s, config.data, sampled, species)
+        shift = dict(model.named_parameters())["energy_model.atomic_shift"]
+        with torch.no_grad():
+            for k, z in enumerate(stats.species):
+                if z in e0:
+                    shift[k] += e0[z] - stats.e0[z]
+        stats = replace(stats, e0={**stats.e0, **{z: e0[z] for z in stats.species if z in e0}})
+    return model.train(), stats
