@@ -305,6 +305,9 @@ def _validate(config: Config, source: str) -> None:
         (t.init_e0s in ("model", "data"), "training.init_e0s must be 'model' or 'data'"),
         (t.init_from is not None or t.init_e0s == "model",
          "training.init_e0s: 'data' moves the E0s of a model given by training.init_from; set init_from"),
+        (t.init_from is None or t.init_e0s == "data" or d.e0s == "fit",
+         "data.e0s is given, but training.init_from keeps the model file's E0s; set training.init_e0s: data "
+         "to use these"),
         (t.lr > 0, "training.lr must be positive"),
         (0.0 < config.data.valid_fraction < 1.0 or config.data.valid, "data.valid_fraction must be in (0, 1)"),
         (all(k in ("energy", "forces", "stress", "virial", "total_charge") or k in config.model.outputs for k in config.data.keys),

@@ -362,6 +362,10 @@ def test_fine_tuning_model_section_must_agree_with_the_file(io_straight_run, io_
         config_from_dict(values, "tune.yaml")
     with pytest.raises(ConfigError, match="init_e0s.*set init_from"):
         config_from_dict(io_config_dict("x", init_e0s="data"), "tune.yaml")
+    values = io_config_dict("tuned", init_from=base)
+    values["data"]["e0s"] = {"H": -13.0, "C": -1030.0, "O": -2040.0}  # would be ignored: refused
+    with pytest.raises(ConfigError, match="data.e0s is given.*init_e0s: data"):
+        config_from_dict(values, "tune.yaml")
 
 
 def test_fine_tuning_refuses_new_elements(io_straight_run, io_config_dict, io_demo_frames, tmp_path):
