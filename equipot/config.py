@@ -74,6 +74,9 @@ class ModelConfig:
     outputs: Dict[str, OutputConfig] = field(default_factory=dict)  # typed outputs besides the energy
     long_range: Optional[LongRangeConfig] = None  # electrostatics of learnt charges added to the energy
     charge_weights: str = "uniform"  # how the excess charge is spread: uniform, or learned positive weights
+    # a dipole output is Σ q_i r_i plus learnt atomic dipoles Σ μ_i (1o); false: the charges
+    # alone carry it, so that they are fixed by the dipole labels (point-charge models)
+    atomic_dipoles: bool = True
     # the 0o (pseudoscalar) units of the output heads gated by the atom's 0e features, so that a
     # head can weigh atoms by their environment (see equipot.nn.heads.IrrepsHead)
     gate_odd_outputs: bool = False

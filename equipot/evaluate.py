@@ -151,23 +151,22 @@ def parity_plot(path: str, configs: Sequence[Configuration], preds: Sequence[dic
     import matplotlib.pyplot as plt
 
     panels = []
-    if all("energy" in c.targets for c in configs):
-        ref = np.array([float(c.targets["energy"]) / c.n_atoms for c in configs])
-        pred = np.array([p["energy"] / c.n_atoms for c, p in zip(configs, preds)])
+    # each panel over the structures that carry its label (a file may mix labelled and unlabelled ones)
+    with_label = lambda name: [(c, p) for c, p in zip(configs, preds) if name in c.targets]  # noqa: E731
+    if with_label("energy"):
+        ref = np.array([float(c.targets["energy"]) / c.n_atoms for c, _ in with_label("energy")])
+        pred = np.array([p["energy"] / c.n_atoms for c, p in with_label("energy")])
         panels.append(("energy (eV/atom)", ref, pred))
-    if all("forces" in c.targets for c in configs):
-        ref = np.concatenate([np.asarray(c.targets["forces"]).reshape(-1) for c in configs])
-        pred = np.concatenate([p["forces"].reshape(-1) for p in preds])
-        panels.append(("force components (eV/Å)", ref, pred))
-    if panels and all("stress" in c.targets for c in configs):
-        ref = np.concatenate([np.asarray(c.targets["stress"]).reshape(-1) for c in configs])
-        pred = np.concatenate([p["stress"].reshape(-1) for p in preds])
-        panels.append(("stress components (eV/Å³)", ref, pred))
+    for name, label in (("forces", "force components (eV/Å)"), ("stress", "stress components (eV/Å³)")):
+        if with_label(name) and (name == "forces" or panels):
+            ref = np.concatenate([np.asarray(c.targets[name]).reshape(-1) for c, _ in with_label(name)])
+            pred = np.concatenate([p[name].reshape(-1) for _, p in with_label(name)])
+            panels.append((label, ref, pred))
     for name in sorted({k for p in preds[:1] for k in p} - {"energy", "energies", "forces", "stress", "periodic",
                                                           "energy_long_range", "energies_long_range"}):
-        if all(name in c.targets for c in configs):
-            ref = np.concatenate([np.asarray(c.targets[name], dtype=float).reshape(-1) for c in configs])
-            pred = np.concatenate([np.asarray(p[name], dtype=float).reshape(-1) for p in preds])
+        if with_label(name):
+            ref = np.concatenate([np.asarray(c.targets[name], dtype=float).reshape(-1) for c, _ in with_label(name)])
+            pred = np.concatenate([np.asarray(p[name], dtype=float).reshape(-1) for _, p in with_label(name)])
             panels.append((f"{name} ()", ref, pred))
     if not panels:
         return

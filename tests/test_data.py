@@ -5,6 +5,7 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import pytest
+import torch
 from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.neighborlist import neighbor_list as ase_neighbor_list
@@ -69,13 +70,14 @@ def test_missing_key_in_a_later_frame(tmp_path):
     frames = [molecule(k) for k in range(4)]
     del frames[2].info["energy"]
     path = write(tmp_path / "gap.xyz", frames)
-    with pytest.raises(DataError) as err:
-        read_configurations(path, required=["energy", "forces"])
+    with pytest.raises(DataError) as err:  # asked for on every structure
+        read_configurations(path, required=["energy", "forces"], every=True)
     assert f"{path}, frame 2" in str(err.value)
     assert "'energy'" in str(err.value)
-    # an optional key may be missing: the frame just carries no such label
-    configs = read_configurations(path, required=["forces"])
-    assert "energy" not in configs[2].targets and "energy" in configs[1].targets
+    # required on some structures (training's default) or optional: the frame just carries no such label
+    for required in (["energy", "forces"], ["forces"]):
+        configs = read_configurations(path, required=required)
+        assert "energy" not in configs[2].targets and "energy" in configs[1].targets
 
 
 @pytest.mark.parametrize("where, value", [("energy", np.nan), ("energy", np.inf), ("forces", np.nan), ("forces", -np.inf)])
@@ -304,7 +306,9 @@ def test_mixed_open_and_periodic_batch(tmp_path):
     assert batch.n_graphs == 4
     assert batch.atoms_per_graph().tolist() == [len(a) for a in frames]
     assert batch.pbc[:, 0].tolist() == [False, True, False, True]
-    assert set(batch.targets) == {"energy", "forces"}
+    # the molecules' stress is missing (NaN), the crystals' is theirs
+    assert set(batch.targets) == {"energy", "forces", "stress"}
+    assert torch.isnan(batch.targets["stress"][[0, 2]]).all() and torch.isfinite(batch.targets["stress"][[1, 3]]).all()
     np.testing.assert_allclose(batch.targets["energy"].numpy(), [a.info["energy"] for a in frames])
     # each structure's edges are its own edges, offset by the atoms before it
     offset = 0

@@ -7,6 +7,7 @@ sign flips that no training can break.
 
 from pathlib import Path
 
+import ase.data
 import ase.io
 import numpy as np
 import pytest
@@ -36,11 +37,12 @@ def float64(float64_without_einsum_search):
     yield
 
 
-def make_model(outputs, lmax=2, parity="both", seed=0, correlation=3, gate_odd=False):
+def make_model(outputs, lmax=2, parity="both", seed=0, correlation=3, gate_odd=False, atomic_dipoles=True):
     torch.manual_seed(seed)
     declared = {k: OutputConfig(*v) if isinstance(v, tuple) else OutputConfig(v) for k, v in outputs.items()}
     config = ModelConfig(r_max=R_MAX, channels=4, lmax=lmax, parity=parity, correlation=correlation, num_basis=4,
-                         radial_hidden=[8], readout_hidden=4, outputs=declared, gate_odd_outputs=gate_odd)
+                         radial_hidden=[8], readout_hidden=4, outputs=declared, gate_odd_outputs=gate_odd,
+                         atomic_dipoles=atomic_dipoles)
     stats = Statistics(species=SPECIES, e0={z: 0.0 for z in SPECIES}, energy_shift=0.0, energy_scale=1.0,
                        avg_num_neighbors=6.0)
     return build_model(config, stats).double()
@@ -245,6 +247,39 @@ def test_dipole_of_charged_molecule_is_about_the_centre_of_mass():
     assert torch.allclose(out["dipole"][0], expected, atol=1e-12)
     shifted = outputs(model, from_atoms(Atoms(atoms.numbers, atoms.positions + 5.0), total_charge=1.0))
     assert torch.allclose(shifted["dipole"], out["dipole"], atol=1e-10)
+
+
+def test_point_charge_dipole_is_the_sum_of_charges_times_positions():
+    """atomic_dipoles: false: an equivariant model (vectors in its features) whose dipole is
+    Σ q_i (r_i − r_c) of its charges alone, exactly, and still equivariant."""
+    model = make_model({"dipole": "dipole", "charges": "charges"}, lmax=1, parity="natural", seed=5,
+                       atomic_dipoles=False)
+    assert model.outputs.atomic_dipoles is None
+    structure = random_structure(np.random.default_rng(31), 7, box=3.3, symbols=SPECIES)
+    out = outputs(model, structure)
+    mass = torch.as_tensor(ase.data.atomic_masses[structure.numbers])
+    positions = torch.as_tensor(structure.positions)
+    centre = (mass[:, None] * positions).sum(0) / mass.sum()
+    expected = (out["charges"][:, None] * (positions - centre)).sum(0)
+    assert float(out["dipole"].norm()) > 1e-6
+    assert torch.allclose(out["dipole"][0], expected, atol=1e-12)
+    with_dipoles = make_model({"dipole": "dipole", "charges": "charges"}, lmax=1, parity="natural", seed=5)
+    assert with_dipoles.outputs.atomic_dipoles is not None
+    check_potential_equivariance(model, structure, R_MAX, n_elements=3)
+
+
+def test_atomic_dipoles_switch_is_read_from_the_config_and_kept_in_the_model_file(tmp_path):
+    from equipot.model import load_model, save_model
+
+    config = config_from_dict({"model": {"lmax": 1, "channels": 4, "atomic_dipoles": False,
+                                         "outputs": {"dipole": "dipole"}}})
+    assert config.model.atomic_dipoles is False
+    with pytest.raises(ConfigError, match="atomic_dipoles"):
+        config_from_dict({"model": {"atomic_dipoles": "no"}})
+    model = make_model({"dipole": "dipole"}, lmax=1, parity="natural", atomic_dipoles=False)
+    save_model(str(tmp_path / "m.safetensors"), model, model.model_config, model.statistics)
+    loaded = load_model(str(tmp_path / "m.safetensors"), dtype=torch.float64)
+    assert loaded.model_config.atomic_dipoles is False and loaded.outputs.atomic_dipoles is None
 
 
 # ------------------------------------------------------------------------- baselines and config

@@ -8,10 +8,11 @@ process whose share of a batch is empty gets ``None`` for that step, so that all
 take the same number of steps.
 """
 
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, List, Mapping, Optional, Sequence
 
 import torch
 
+from ..fields import Field, get_field
 from ..graph import AtomicGraph, batch_graphs
 from .configuration import Configuration, to_graph
 
@@ -26,6 +27,7 @@ class GraphLoader:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        labels: Sequence[str] = (),
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -34,6 +36,7 @@ class GraphLoader:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.rank, self.world_size = rank, world_size
+        self.labels = tuple(labels)  # in every batch, NaN where missing (a batch may have none of them)
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
@@ -50,7 +53,8 @@ class GraphLoader:
             chunk = order[start : start + self.batch_size]
             shard = chunk[self.rank :: self.world_size]
             if shard:
-                yield _batch([to_graph(self.configs[i], self.cutoff) for i in shard])
+                configs = [self.configs[i] for i in shard]
+                yield _batch([to_graph(c, self.cutoff) for c in configs], configs[0].fields, self.labels)
             elif self.world_size > 1:  # every process takes the same number of steps
                 yield None
 
@@ -61,19 +65,27 @@ class GraphLoader:
         self.generator.set_state(state["generator"])
 
 
-def _batch(graphs: List[AtomicGraph]) -> AtomicGraph:
-    """Batch graphs, keeping only the labels that every structure carries.
+def _batch(graphs: List[AtomicGraph], fields: Optional[Mapping[str, Field]] = None,
+           labels: Sequence[str] = ()) -> AtomicGraph:
+    """Batch graphs; a label that some structures lack (or one of ``labels`` that all lack) is
+    NaN on those (missing).
 
-    A file may hold molecules without stress next to crystals with stress; a label that
-    a loss term needs is required when reading, so every structure has it.
+    A file may hold crystals with stress next to molecules without, or isolated atoms with an
+    energy and no forces: the loss and the metrics leave out the NaN entries
+    (:mod:`equipot.train.loss`), so each label counts where it is known.
     """
-    common = set.intersection(*(set(g.targets) for g in graphs))
+    names = set().union(labels, *(g.targets for g in graphs))
     for g in graphs:
-        if set(g.targets) != common:
-            g.targets = {k: v for k, v in g.targets.items() if k in common}
+        missing = names - set(g.targets)
+        if missing:
+            g.targets = dict(g.targets)
+            for name in missing:
+                f = get_field(name, fields)
+                lead = g.n_atoms if f.level == "node" else 1
+                g.targets[name] = torch.full((lead,) + f.shape, float("nan"), dtype=torch.float64)
     return batch_graphs(graphs)
 
 
 def make_batch(configs: Sequence[Configuration], cutoff: float, dtype: Optional[torch.dtype] = None) -> AtomicGraph:
-    g = _batch([to_graph(c, cutoff) for c in configs])
+    g = _batch([to_graph(c, cutoff) for c in configs], configs[0].fields if len(configs) else None)
     return g.to(dtype=dtype) if dtype is not None else g

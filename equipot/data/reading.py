@@ -196,14 +196,24 @@ def iread_configurations(
     index: str = ":",
     format: Optional[str] = None,
     fields: Optional[Mapping[str, Field]] = None,
+    every: bool = False,
 ) -> Iterator[Configuration]:
-    """Stream configurations from ``path`` (any format ASE reads; extxyz first)."""
+    """Stream configurations from ``path`` (any format ASE reads; extxyz first).
+
+    A field in ``required`` must be labelled on at least one structure (``every``: on every
+    structure); the others may lack it (molecules without stress beside crystals, isolated
+    atoms without forces), and the loss and metrics then count it where it is known. A field
+    no structure carries raises the error the first structure gives (a misspelt key, say),
+    once the file has been read.
+    """
     keys = dict(DEFAULT_KEYS if keys is None else keys)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file not found: {path}")
     if os.path.getsize(path) == 0:
         raise DataError(f"{path}: file is empty")
+    required = list(required)
     frames = ase.io.iread(path, index=index, format=format)
+    first, labelled = None, {name: 0 for name in required}
     k = 0
     while True:
         try:
@@ -212,12 +222,22 @@ def iread_configurations(
             break
         except Exception as err:  # ASE raises many types for malformed files
             raise DataError(f"{path}, frame {k}: cannot parse ({type(err).__name__}: {err})") from err
-        yield atoms_to_configuration(
-            atoms, keys, required, energy_unit, length_unit, source=f"{path}, frame {k}", fields=fields
-        )
+        config = atoms_to_configuration(atoms, keys, required if every else (), energy_unit, length_unit,
+                                        source=f"{path}, frame {k}", fields=fields)
+        first = atoms if first is None else first
+        for name in required:
+            labelled[name] += ("stress" if name == "virial" else name) in config.targets
+        yield config
         k += 1
     if k == 0:
         raise DataError(f"{path}: no structures found")
+    for name in required:
+        if labelled[name] == 0:  # the first structure's error names the key and suggests others
+            try:
+                atoms_to_configuration(first, keys, [name], energy_unit, length_unit, source=f"{path}, frame 0",
+                                       fields=fields)
+            except DataError as err:
+                raise DataError(f"{err}; no other structure of the {k} has it either" if k > 1 else str(err)) from None
 
 
 def read_configurations(path: str, **kwargs) -> List[Configuration]:

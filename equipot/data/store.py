@@ -38,32 +38,37 @@ def write_store(configs: Iterable[Configuration], path: str, fields: Optional[Ma
 
     tmp = f"{path}.tmp"
     n = 0
-    with h5py.File(tmp, "w") as f:
-        f.attrs["format"], f.attrs["version"], f.attrs["source"] = FORMAT, VERSION, source
-        grow = {}
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"], f.attrs["version"], f.attrs["source"] = FORMAT, VERSION, source
+            grow = {}
 
-        def append(name: str, values: np.ndarray, dtype) -> None:
-            values = np.asarray(values, dtype=dtype)
-            if name not in grow:
-                grow[name] = f.create_dataset(name, shape=(0,) + values.shape[1:], maxshape=(None,) + values.shape[1:],
-                                              dtype=dtype, chunks=True)
-            ds = grow[name]
-            ds.resize(ds.shape[0] + len(values), axis=0)
-            ds[-len(values):] = values
+            def append(name: str, values: np.ndarray, dtype) -> None:
+                values = np.asarray(values, dtype=dtype)
+                if name not in grow:
+                    grow[name] = f.create_dataset(name, shape=(0,) + values.shape[1:], maxshape=(None,) + values.shape[1:],
+                                                  dtype=dtype, chunks=True)
+                ds = grow[name]
+                ds.resize(ds.shape[0] + len(values), axis=0)
+                ds[-len(values):] = values
 
-        batch: List[Configuration] = []
-        atoms = 0
-        append("offsets", [0], np.int64)
-        for config in configs:
-            batch.append(config)
-            if len(batch) == CHUNK:
+            batch: List[Configuration] = []
+            atoms = 0
+            append("offsets", [0], np.int64)
+            for config in configs:
+                batch.append(config)
+                if len(batch) == CHUNK:
+                    atoms = _write_chunk(f, append, batch, atoms, n, fields)
+                    n += len(batch)
+                    batch = []
+            if batch:
                 atoms = _write_chunk(f, append, batch, atoms, n, fields)
                 n += len(batch)
-                batch = []
-        if batch:
-            atoms = _write_chunk(f, append, batch, atoms, n, fields)
-            n += len(batch)
-        f.attrs["n_structures"] = n
+            f.attrs["n_structures"] = n
+    except BaseException:  # a bad structure (or a kill) leaves no half-written file behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     if n == 0:
         os.remove(tmp)
         raise DataError(f"{source or path}: no structures to store")
@@ -157,13 +162,19 @@ class ConfigurationStore(SequenceABC):
         return state
 
     def require(self, names: Sequence[str]) -> None:
-        """Raise unless every structure carries each label in ``names``."""
+        """Raise unless some structure carries each label in ``names`` (structures without one
+        leave it out of the loss, as in a data file)."""
         f = self._h5()
         for name in names:
-            if name not in self.target_names or not f["targets"][name]["present"][:].all():
-                how = "lacks them" if name not in self.target_names else "misses some"
-                raise DataError(f"{self.path}: the training needs {name} labels on every structure, and the store "
-                                f"{how}; convert the data again")
+            if name not in self.target_names or not f["targets"][name]["present"][:].any():
+                raise DataError(f"{self.path}: the training needs {name} labels, and no structure of the store has "
+                                f"them; map {name} in data.keys and convert the data again")
+
+    def labelled(self, name: str) -> np.ndarray:
+        """Whether each structure carries the label ``name``."""
+        if name not in self.target_names:
+            return np.zeros(len(self), dtype=bool)
+        return np.asarray(self._h5()["targets"][name]["present"][:], dtype=bool)
 
     def species(self) -> List[int]:
         """Atomic numbers present, read in chunks."""

@@ -62,7 +62,7 @@ def _build(config: ModelConfig, stats: Statistics) -> Potential:
         extra_irreps=output_irreps(list(fields.values()), config.lmax),
     )
     outputs = TypedOutputs(fields, energy_model.irreps_features, config.readout_hidden, config.charge_weights,
-                           gate_odd=config.gate_odd_outputs) if fields else None
+                           gate_odd=config.gate_odd_outputs, atomic_dipoles=config.atomic_dipoles) if fields else None
     long_range = None
     if config.long_range is not None:
         lr = config.long_range

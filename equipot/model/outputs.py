@@ -5,7 +5,8 @@
 contributions. Charges obey Σ_i q_i = Q exactly: the excess of the raw per-atom values is
 spread over the atoms of each structure, evenly or in proportion to learnt positive weights
 (``charge_weights: learned``). Dipoles are Σ q_i (r_i − r_c) + Σ μ_i with
-r_c the centre of mass (the choice matters only for charged structures) and are NaN for
+r_c the centre of mass (the choice matters only for charged structures), or Σ q_i (r_i − r_c)
+alone (``atomic_dipoles: false``: point charges), and are NaN for
 periodic structures, where a dipole is ill-defined.
 """
 
@@ -49,7 +50,7 @@ class TypedOutputs(nn.Module):
     """Heads for the declared outputs; ``forward`` returns {name: tensor} in data units."""
 
     def __init__(self, fields: Dict[str, Field], irreps_in: o3.Irreps, hidden: int, charge_weights: str = "uniform",
-                 gate_odd: bool = False):
+                 gate_odd: bool = False, atomic_dipoles: bool = True):
         super().__init__()
         if charge_weights not in ("uniform", "learned"):
             raise ValueError(f"charge_weights must be 'uniform' or 'learned', got {charge_weights!r}")
@@ -62,7 +63,8 @@ class TypedOutputs(nn.Module):
         self.charges = IrrepsHead(self.irreps_in, o3.Irreps(f"{n_charge}x0e"), hidden) if needs_charges else None
         has_vectors = any(ir == o3.Irrep("1o") for _, ir in self.irreps_in)
         wants_dipole = any(f.kind == "dipole" for f in self.fields.values())
-        self.atomic_dipoles = Linear(self.irreps_in, o3.Irreps("1o")) if (wants_dipole and has_vectors) else None
+        with_dipoles = wants_dipole and has_vectors and atomic_dipoles
+        self.atomic_dipoles = Linear(self.irreps_in, o3.Irreps("1o")) if with_dipoles else None
         for name, f in self.fields.items():
             if f.kind == "se3_scalar":
                 self.heads[name] = SE3ScalarHead(self.irreps_in, hidden)

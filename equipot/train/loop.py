@@ -30,7 +30,7 @@ from .ema import EMA
 from .history import write_history
 from .loss import combine, loss_names, squared_error_terms
 from .metrics import ErrorAccumulator
-from .setup import fine_tuning_start, read_splits, training_statistics
+from .setup import fine_tuning_start, label_coverage, read_splits, required_fields, training_statistics
 from .world import World
 
 CHECKPOINT = "checkpoint.pt"
@@ -82,12 +82,15 @@ class Trainer:
         self.scheduler = self._scheduler()
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay else None
         r_max = self.config.model.r_max
+        # the labels of the loss are in every batch, NaN on structures without them
+        labels = ["stress" if name == "virial" else name for name in required_fields(self.config)]
         self.train_loader = GraphLoader(
             self.splits.train, r_max, t.batch_size, shuffle=True, seed=self.config.seed,
-            rank=self.world.rank, world_size=self.world.size,
+            rank=self.world.rank, world_size=self.world.size, labels=labels,
         )
         self.valid_loader = GraphLoader(
-            self.splits.valid, r_max, t.valid_batch_size, rank=self.world.rank, world_size=self.world.size
+            self.splits.valid, r_max, t.valid_batch_size, rank=self.world.rank, world_size=self.world.size,
+            labels=labels,
         )
         self.epoch, self.best_loss, self.bad_epochs, self.history = 0, math.inf, 0, []
         if state is not None:
@@ -255,6 +258,13 @@ class Trainer:
         budget_s = 60 * t.max_minutes if t.max_minutes is not None else math.inf
         fraction = self._elapsed(start, elapsed_before) / budget_s
         self._budget_pace = (fraction, 0.0)  # the first epoch's pace is not known yet
+        if self.progress and self.world.is_main:
+            for split, configs in (("training", self.splits.train), ("validation", self.splits.valid)):
+                partial = {n: k for n, k in label_coverage(configs, required_fields(self.config)).items()
+                           if k < len(configs)}
+                if partial:  # structures without a label leave it out of the loss and the metrics
+                    tqdm.write(f"labels on some {split} structures only: " + ", ".join(
+                        f"{n} on {k} of {len(configs)}" for n, k in partial.items()))
         if t.compile and self.progress:
             tqdm.write("training.compile: the first step traces and compiles the model (minutes, less when "
                        "Inductor's cache already holds this architecture)")

@@ -3,7 +3,8 @@
 Each term is a sum of squared errors and the number of items it sums; the loss is
 Σ_k w_k · sum_k / count_k with the counts of the *global* batch. Summing gradients over
 data-parallel processes then gives exactly the gradient of one process that sees the
-whole batch.
+whole batch. A label that a structure lacks is NaN in the batch (:func:`equipot.data.loader._batch`):
+its entries add nothing to the sums and are not counted.
 """
 
 from typing import Dict, Tuple
@@ -28,15 +29,13 @@ def squared_error_terms(
             )
     n_atoms = graph.atoms_per_graph().to(torch.float64)
     if weights.energy > 0:
-        ref = graph.targets["energy"].to(torch.float64)
+        ref, known = _known(graph.targets["energy"].to(torch.float64), pred["energy"])
         err = (pred["energy"] - ref) / n_atoms
-        terms["energy"] = (err.pow(2).sum(), torch.tensor(float(err.numel()), dtype=torch.float64))
-    if weights.forces > 0:
-        err = pred["forces"] - graph.targets["forces"].to(pred["forces"].dtype)
-        terms["forces"] = (err.pow(2).sum().to(torch.float64), torch.tensor(float(err.numel()), dtype=torch.float64))
-    if weights.stress > 0:
-        err = pred["stress"] - graph.targets["stress"].to(pred["stress"].dtype)
-        terms["stress"] = (err.pow(2).sum().to(torch.float64), torch.tensor(float(err.numel()), dtype=torch.float64))
+        terms["energy"] = (err.pow(2).sum(), known)
+    for name in ("forces", "stress"):
+        if getattr(weights, name) > 0:
+            ref, known = _known(graph.targets[name].to(pred[name].dtype), pred[name])
+            terms[name] = ((pred[name] - ref).pow(2).sum().to(torch.float64), known)
     for name, w in weights.outputs.items():  # typed outputs: MSE over all components, or the sign form
         if w <= 0:
             continue
@@ -45,13 +44,24 @@ def squared_error_terms(
                 f"loss term {name!r} has weight {w} but the data carry no {name} labels; "
                 f"set its weight to 0 or map {name} in data.keys"
             )
-        ref = graph.targets[name].to(pred[name].dtype)
+        ref, known = _known(graph.targets[name].to(pred[name].dtype), pred[name])
         if weights.forms.get(name, "mse") == "sign":  # logistic loss of the sign (a zero label: log 2, no gradient)
             err = torch.nn.functional.softplus(-torch.sign(ref) * pred[name])
+            err = torch.where(torch.isfinite(graph.targets[name]).to(err.device), err, 0.0)
         else:
             err = (pred[name] - ref).pow(2)
-        terms[name] = (err.sum().to(torch.float64), torch.tensor(float(err.numel()), dtype=torch.float64))
+        terms[name] = (err.sum().to(torch.float64), known)
     return terms
+
+
+def _known(ref: torch.Tensor, pred: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The labels with each missing (NaN) entry replaced by the prediction itself, so that it
+    adds neither error nor gradient, and the number of known entries."""
+    known = torch.isfinite(ref)
+    if bool(known.all()):
+        return ref, torch.tensor(float(ref.numel()), dtype=torch.float64)
+    # counts stay on the CPU, as in the first case (the reductions over processes expect it)
+    return torch.where(known, ref, pred.detach().to(ref.dtype)), known.sum().to(device="cpu", dtype=torch.float64)
 
 
 def loss_names(weights: LossConfig):

@@ -49,19 +49,23 @@ class ErrorAccumulator:
 
     def add_batch(self, pred: dict, targets: dict, n_atoms: np.ndarray, scalars=()) -> None:
         """Errors of a batch; ``scalars`` names the typed outputs of one number per structure or
-        atom, whose signs are also counted."""
+        atom, whose signs are also counted. NaN labels (a label some structures lack) are left out."""
         if "energy" in targets:
             err = pred["energy"] - targets["energy"]
-            self.add("energy", err)
-            self.add("energy_per_atom", err / n_atoms)
+            known = np.isfinite(err)
+            self.add("energy", err[known])
+            self.add("energy_per_atom", (err / n_atoms)[known])
         for name in ("forces", "stress"):
             if name in targets:
-                self.add(name, pred[name] - targets[name])
+                err = (pred[name] - targets[name]).reshape(-1)
+                self.add(name, err[np.isfinite(err)])
         for name, ref in targets.items():  # typed outputs
             if name not in BUILTIN and name in pred:
-                self.add(name, pred[name] - ref, ref)
+                p, ref = np.asarray(pred[name]).reshape(-1), np.asarray(ref).reshape(-1)
+                known = np.isfinite(ref)
+                self.add(name, p[known] - ref[known], ref[known])
                 if name in scalars:  # one number per structure or atom: its sign as a class, too
-                    self.add_signs(name, pred[name], ref)
+                    self.add_signs(name, p[known], ref[known])
 
     @property
     def count(self) -> Dict[str, float]:

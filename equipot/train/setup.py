@@ -63,6 +63,16 @@ def read_splits(config: Config) -> Splits:
     return Splits(train=train, valid=valid)
 
 
+def label_coverage(configs: Sequence[Configuration], names: Sequence[str]) -> Dict[str, int]:
+    """How many of ``configs`` carry each label in ``names`` (a store's without reading its structures)."""
+    base = configs.base if isinstance(configs, Subset) else configs
+    names = ["stress" if name == "virial" else name for name in names]
+    if isinstance(base, ConfigurationStore):
+        rows = configs.indices if isinstance(configs, Subset) else slice(None)
+        return {name: int(base.labelled(name)[rows].sum()) for name in names}
+    return {name: sum(name in c.targets for c in configs) for name in names}
+
+
 def read_data(path: str, kwargs: dict) -> Sequence[Configuration]:
     """The structures of a data file: an equipot store (read on access) or any file ASE reads."""
     if not is_store(path):
@@ -81,15 +91,15 @@ def read_e0s(e0s, data: DataConfig, train: List[Configuration], species: List[in
                 raise ConfigError(f"data.e0s: unknown element {symbol!r}")
             out[atomic_numbers[symbol]] = float(value) * energy_factor(data.energy_unit)
         return out
-    if e0s == "fit":
-        if not all("energy" in c.targets for c in train):
-            return {z: 0.0 for z in species}
-        return fit_e0(train, species)
+    if e0s == "fit":  # from the structures with an energy label (none: no energies to fit, zeros)
+        labelled = [c for c in train if "energy" in c.targets]
+        return fit_e0(labelled, species) if labelled else {z: 0.0 for z in species}
     if not os.path.isfile(e0s):
         raise ConfigError(f"data.e0s: expected 'fit', a mapping or a file; file not found: {e0s}")
     out = {}
     keys = {"energy": data.keys.get("energy", "energy")}
-    for c in iread_configurations(e0s, keys=keys, required=["energy"], energy_unit=data.energy_unit, length_unit=data.length_unit):
+    for c in iread_configurations(e0s, keys=keys, required=["energy"], energy_unit=data.energy_unit,
+                                  length_unit=data.length_unit, every=True):
         if c.n_atoms != 1:
             raise DataError(f"{c.source}: an isolated-atom file must hold single atoms, found {c.n_atoms}")
         out[int(c.numbers[0])] = float(c.targets["energy"])
