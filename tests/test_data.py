@@ -347,6 +347,38 @@ def test_fit_e0_recovers_known_values():
     assert stats.energy_shift == pytest.approx(0.0, abs=1e-9)
 
 
+def test_fit_e0_takes_isolated_atoms_of_the_training_data():
+    """An isolated atom among the training structures gives its element's E0 exactly (not a
+    least-squares compromise); the other elements are fitted to what the isolated ones leave."""
+    e0 = {H: -13.6, C: -1027.0, O: -2038.0}
+    rng = np.random.default_rng(1)
+    configs = []
+    for k in range(10):
+        counts = {H: int(rng.integers(1, 9)), C: int(rng.integers(1, 5)), O: int(rng.integers(0, 3))}
+        numbers = np.repeat(list(counts), list(counts.values()))
+        atoms = Atoms(numbers=numbers, positions=np.arange(3 * len(numbers)).reshape(-1, 3) * 1.0)
+        # binding energy: -0.3 eV per atom, which a plain fit would share out among the E0s
+        atoms.info["energy"] = sum(n * e0[z] for z, n in counts.items()) - 0.3 * len(numbers)
+        configs.append(atoms_to_configuration(atoms, {"energy": "energy"}, ["energy"], source=f"s{k}"))
+    for z in (H, O):
+        atom = Atoms(numbers=[z], positions=[[0.0, 0.0, 0.0]])
+        atom.info["energy"] = e0[z]
+        configs.append(atoms_to_configuration(atom, {"energy": "energy"}, ["energy"], source=f"atom {z}"))
+    fitted = fit_e0(configs, [H, C, O])
+    assert fitted[H] == e0[H] and fitted[O] == e0[O]
+    assert abs(fitted[C] - e0[C]) < 2.0 and fitted[C] != pytest.approx(e0[C], abs=1e-6)  # C absorbs the binding
+    crystal_atom = Atoms(numbers=[H], positions=[[0.0, 0.0, 0.0]], cell=np.eye(3) * 2.0, pbc=True)
+    crystal_atom.info["energy"] = -50.0  # one atom, but periodic: a crystal, not an isolated atom
+    with_crystal = fit_e0(configs + [atoms_to_configuration(crystal_atom, {"energy": "energy"}, ["energy"])],
+                          [H, C, O])
+    assert with_crystal[H] == e0[H]
+    boxed = Atoms(numbers=[C], positions=[[1.0, 1.0, 1.0]], cell=np.eye(3) * 15.0, pbc=True)  # a DFT code's box
+    boxed.info["energy"] = e0[C]
+    boxed = atoms_to_configuration(boxed, {"energy": "energy"}, ["energy"])
+    assert fit_e0(configs + [boxed], [H, C, O], cutoff=5.0)[C] == e0[C]
+    assert fit_e0(configs + [boxed], [H, C, O])[C] != e0[C]  # without a cutoff only open structures count
+
+
 def test_e0s_from_file_mapping_and_fit(io_small_xyz):
     isolated = SHARED_DATA / "acac" / "isolated_atoms.xyz"
     if not isolated.is_file():

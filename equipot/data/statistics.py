@@ -7,7 +7,7 @@ neighbours within the cutoff.
 
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from ase.data import chemical_symbols
@@ -50,19 +50,38 @@ def count_matrix(configs: Sequence[Configuration], species: Sequence[int]) -> np
     return counts
 
 
-def fit_e0(configs: Sequence[Configuration], species: Sequence[int]) -> Dict[int, float]:
-    """Least-squares isolated-atom energies: E ≈ Σ_s n_s E0_s (minimum-norm solution)."""
+def fit_e0(configs: Sequence[Configuration], species: Sequence[int], cutoff: Optional[float] = None) -> Dict[int, float]:
+    """Isolated-atom energies from the training structures with an energy.
+
+    An element with an isolated atom among them (one atom, not periodic or, given ``cutoff``,
+    in a cell so large that it has no periodic image within the cutoff) takes that atom's
+    energy (the mean if there are several); the others a least-squares fit of the remaining
+    energies, E − Σ_isolated n_s E0_s ≈ Σ_other n_s E0_s (the minimum-norm solution).
+    """
     energies = np.array([c.targets["energy"] for c in configs], dtype=np.float64).reshape(-1)
+    alone: Dict[int, List[float]] = {}
+    for c, e in zip(configs, energies):
+        if c.n_atoms == 1 and (not np.any(c.pbc) or (
+                cutoff is not None and len(neighbor_list(c.positions, c.cell, c.pbc, cutoff)[0]) == 0)):
+            alone.setdefault(int(c.numbers[0]), []).append(float(e))
+    known = {z: float(np.mean(alone[z])) for z in species if z in alone}
+    rest = [z for z in species if z not in known]
     counts = count_matrix(configs, species)
-    e0, _, rank, _ = np.linalg.lstsq(counts, energies, rcond=None)
-    if rank < len(species):
-        warnings.warn(
-            "e0s: fit: the training compositions do not determine one E0 per element (too few distinct "
-            "compositions); the minimum-norm fit is used, so isolated atoms get no physical energy. "
-            "Give a file of isolated-atom energies or a mapping for meaningful E0s.",
-            stacklevel=2,
-        )
-    return {int(z): float(v) for z, v in zip(species, e0)}
+    e0 = dict(known)
+    if rest:
+        columns = [k for k, z in enumerate(species) if z in known]
+        residual = energies - counts[:, columns] @ np.array([known[species[k]] for k in columns])
+        rows = counts[:, [k for k, z in enumerate(species) if z not in known]]
+        values, _, rank, _ = np.linalg.lstsq(rows, residual, rcond=None)
+        if rank < len(rest):
+            warnings.warn(
+                "e0s: fit: the training compositions do not determine one E0 per element (too few distinct "
+                "compositions); the minimum-norm fit is used, so isolated atoms get no physical energy. "
+                "Give a file of isolated-atom energies or a mapping for meaningful E0s.",
+                stacklevel=2,
+            )
+        e0.update({int(z): float(v) for z, v in zip(rest, values)})
+    return {int(z): e0[int(z)] for z in species}
 
 
 def average_neighbors(configs: Sequence[Configuration], cutoff: float) -> float:

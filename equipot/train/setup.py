@@ -2,7 +2,7 @@
 
 import os
 from dataclasses import dataclass, replace
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -82,8 +82,11 @@ def read_data(path: str, kwargs: dict) -> Sequence[Configuration]:
     return store
 
 
-def read_e0s(e0s, data: DataConfig, train: List[Configuration], species: List[int]) -> Dict[int, float]:
-    """E0 per atomic number from "fit", a file of isolated atoms, or a {symbol: eV} map."""
+def read_e0s(e0s, data: DataConfig, train: List[Configuration], species: List[int],
+             cutoff: Optional[float] = None) -> Dict[int, float]:
+    """E0 per atomic number from "fit" (see :func:`equipot.data.fit_e0`: isolated atoms of the
+    training data, a least-squares fit for the other elements), a file of isolated atoms, or a
+    {symbol: eV} map."""
     if isinstance(e0s, dict):
         out = {}
         for symbol, value in e0s.items():
@@ -93,7 +96,7 @@ def read_e0s(e0s, data: DataConfig, train: List[Configuration], species: List[in
         return out
     if e0s == "fit":  # from the structures with an energy label (none: no energies to fit, zeros)
         labelled = [c for c in train if "energy" in c.targets]
-        return fit_e0(labelled, species) if labelled else {z: 0.0 for z in species}
+        return fit_e0(labelled, species, cutoff) if labelled else {z: 0.0 for z in species}
     if not os.path.isfile(e0s):
         raise ConfigError(f"data.e0s: expected 'fit', a mapping or a file; file not found: {e0s}")
     out = {}
@@ -117,7 +120,7 @@ STATISTICS_SAMPLE = 20000
 def training_statistics(config: Config, train: Sequence[Configuration]) -> Statistics:
     species = _species(train)
     train = sample(train, STATISTICS_SAMPLE, config.seed)
-    e0 = read_e0s(config.data.e0s, config.data, train, species)
+    e0 = read_e0s(config.data.e0s, config.data, train, species, config.model.r_max)
     try:
         return compute_statistics(train, config.model.r_max, e0, species)
     except CloseAtomsError:
@@ -151,7 +154,7 @@ def fine_tuning_start(config: Config, splits: Splits, dtype: torch.dtype) -> Tup
         sampled = sample(splits.train, STATISTICS_SAMPLE, config.seed)
         if config.data.e0s == "fit" and not all("energy" in c.targets for c in sampled):
             raise ConfigError("training.init_e0s: 'data' with data.e0s 'fit' needs energies in the training data")
-        e0 = read_e0s(config.data.e0s, config.data, sampled, species)
+        e0 = read_e0s(config.data.e0s, config.data, sampled, species, config.model.r_max)
         shift = dict(model.named_parameters())["energy_model.atomic_shift"]
         with torch.no_grad():
             for k, z in enumerate(stats.species):
