@@ -23,6 +23,9 @@ class DataConfig:
     train: str = ""
     valid: Optional[str] = None  # a file; otherwise valid_fraction of train, seeded
     valid_fraction: float = 0.1
+    # files evaluated with the best model when the training ends (errors, parity plots, predictions
+    # under output_dir/test; the metrics in output_dir/test_metrics.json)
+    test: Union[str, List[str]] = field(default_factory=list)
     keys: Dict[str, str] = field(default_factory=lambda: {"energy": "energy", "forces": "forces", "stress": "stress"})
     energy_unit: str = "eV"
     length_unit: str = "Angstrom"

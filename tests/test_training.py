@@ -404,3 +404,24 @@ def test_fine_tuning_with_new_e0s_moves_the_energy_shifts(io_straight_run, io_co
                 for _ in range(int((graph.numbers == z).sum())))
     assert float((b["energy"] - a["energy"]).detach()) == pytest.approx(delta, abs=1e-6 * abs(delta))
     torch.testing.assert_close(b["forces"], a["forces"])
+
+
+def test_test_files_are_evaluated_with_the_best_model(io_config_dict, io_small_xyz):
+    """data.test: after the last epoch each file is evaluated with model.safetensors (the numbers
+    equipot eval gives), its parity plot and predictions under output_dir/test."""
+    from equipot.evaluate import evaluate_file
+
+    values = io_config_dict("with_test", max_epochs=2)
+    values["data"]["test"] = str(io_small_xyz)  # one file as a string, or a list
+    train(values)
+    out = values["output_dir"]
+    results = json.load(open(os.path.join(out, "test_metrics.json")))
+    summary = results[str(io_small_xyz)]
+    again = evaluate_file(load_model(os.path.join(out, MODEL)), str(io_small_xyz), progress=False)
+    assert summary["forces_mae"] == pytest.approx(again["forces_mae"], rel=1e-9) and summary["n_structures"] == 12
+    assert os.path.isfile(os.path.join(out, "test", "acac12_parity.png"))
+    values = io_config_dict("missing_test")
+    values["data"]["test"] = ["nowhere/test.xyz"]
+    with pytest.raises(ConfigError, match="data.test: file not found: nowhere/test.xyz"):
+        train(values)
+    assert not os.path.exists(os.path.join(values["output_dir"], CHECKPOINT))

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ..config import Config, ConfigError, _from_dict, output_fields
 from ..data import GraphLoader
 from ..data.statistics import Statistics
-from ..model import build_model, save_model
+from ..model import build_model, load_model, save_model
 from ..model.compiled import CompiledPotential
 from ..model.model_file import rebuilt_constant
 from .augment import random_rotations, rotate_graph
@@ -30,7 +30,8 @@ from .ema import EMA
 from .history import write_history
 from .loss import combine, loss_names, squared_error_terms
 from .metrics import ErrorAccumulator
-from .setup import fine_tuning_start, label_coverage, read_splits, required_fields, training_statistics
+from .setup import (fine_tuning_start, label_coverage, read_splits, required_fields, test_files,
+                    training_statistics)
 from .world import World
 
 CHECKPOINT = "checkpoint.pt"
@@ -313,8 +314,29 @@ class Trainer:
                 break
         if self.world.is_main:
             write_history(self.out, self.history)  # the final learning curve
+            self._test()
         self.world.barrier()
         return {"stop_reason": stop_reason, "epochs": self.epoch, "best_valid_loss": self.best_loss}
+
+    def _test(self) -> None:
+        """data.test: each file evaluated with the best model (as ``equipot eval`` would)."""
+        d = self.config.data
+        files = test_files(self.config)
+        if not files or not os.path.isfile(os.path.join(self.out, MODEL)):
+            return
+        from ..evaluate import evaluate_file, format_table, write_json
+
+        model = load_model(os.path.join(self.out, MODEL), dtype=self.dtype, device=self.device)
+        keys = dict(d.keys, **{name: d.keys.get(name, name) for name in model.output_fields})
+        results = {}
+        for path in files:
+            summary = evaluate_file(model, path, out_dir=os.path.join(self.out, "test"), keys=keys,
+                                    energy_unit=d.energy_unit, length_unit=d.length_unit,
+                                    batch_size=self.config.training.valid_batch_size, progress=self.progress)
+            results[path] = summary
+            if self.progress:
+                tqdm.write(f"test: {path}\n" + format_table(summary, {n: f.unit for n, f in model.output_fields.items()}))
+        write_json(os.path.join(self.out, "test_metrics.json"), results)
 
     def _step_scheduler(self, valid_loss: float) -> None:
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -326,7 +348,7 @@ class Trainer:
 # settings that may change when a run is resumed; any other change would make the resumed
 # run a different run from the one the checkpoint belongs to
 RESUME_MAY_CHANGE = {"output_dir", "training.max_epochs", "training.max_minutes", "training.patience",
-                     "training.threads", "training.device", "training.compile"}
+                     "training.threads", "training.device", "training.compile", "data.test"}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

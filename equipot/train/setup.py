@@ -32,10 +32,19 @@ def required_fields(config: Config) -> List[str]:
     return fields
 
 
+def test_files(config: Config) -> List[str]:
+    """data.test as a list of files (one file may be given as a string)."""
+    test = config.data.test
+    return [test] if isinstance(test, str) else list(test)
+
+
 def read_splits(config: Config) -> Splits:
     d = config.data
     if not d.train:
         raise ConfigError("data.train is not set: name the training data file")
+    for path in test_files(config):  # found now, not after hours of training
+        if not os.path.isfile(path):
+            raise ConfigError(f"data.test: file not found: {path}")
     required = required_fields(config)
     for name in required:
         if name not in d.keys:
