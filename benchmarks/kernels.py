@@ -1,12 +1,19 @@
-"""Our neighbour-sum kernels against e3nn's TensorProduct followed by index_add.
+"""Our kernels against e3nn: neighbour sums (edges) and node products.
 
     python benchmarks/kernels.py --threads 1
+    python benchmarks/kernels.py products --threads 1
 
 The edge operation of a layer (channel-wise product of neighbour features with the edge
 harmonics, summed over each atom's edges) on a random graph of the size of a 960-atom
 acetylacetone box (17 864 edges, at most 33 per atom), forward + backward to the features,
 the harmonics and the weights (what a force evaluation does), float32, median of repeats.
 Writes docs/benchmarks/kernels.{json,md}. The results of both are equal (tests/test_o3.py).
+
+products: the channel-wise node products of ProductBasis (A ⊗ A' per channel, species
+weights), e3nn's TensorProduct against ChannelProduct, on a training batch (75 atoms) and a
+960-atom box, with what a training step asks of them: values, their gradient with the graph
+kept (forces), and the backward pass of a loss on both (the force loss). Writes
+docs/benchmarks/kernels-products.{json,md}.
 """
 
 import argparse
@@ -19,8 +26,8 @@ from e3nn import o3
 from common import DOCS, machine, write_result
 from profiling import median_step_time
 
-from equipot.nn.interaction import uvu_instructions
-from equipot.o3 import ChannelConvolution, ScalarConvolution, neighbour_slots
+from equipot.nn.interaction import uuu_instructions, uvu_instructions
+from equipot.o3 import ChannelConvolution, ChannelProduct, ScalarConvolution, neighbour_slots
 
 CASES = [  # (label, node irreps, lmax of the harmonics and of the features)
     ("first layer, lmax 1, 32 ch", "32x0e", 1),
@@ -39,12 +46,62 @@ def graph(n: int = 960, per_atom: int = 19, max_per_atom: int = 33, seed: int = 
     return torch.as_tensor(src), torch.as_tensor(dst)
 
 
+PRODUCT_CASES = [  # (node irreps, irreps out of the product, atoms)
+    ("16x0e+16x1o", "16x0e+16x1o", 75), ("16x0e+16x1o", "16x0e", 75),
+    ("16x0e+16x1o", "16x0e+16x1o", 960), ("16x0e+16x1o", "16x0e", 960),
+    ("32x0e+32x1o+32x2e", "32x0e+32x1o+32x2e", 75), ("32x0e+32x1o+32x2e", "32x0e", 75),
+    ("64x0e+64x1o+64x2e", "64x0e+64x1o+64x2e", 75), ("64x0e+64x1o+64x2e", "64x0e", 75),
+    ("32x0e+32x1o+32x2e", "32x0e+32x1o+32x2e", 960),
+]
+
+
+def products(args) -> None:
+    records, rows = [], []
+    for irreps, target, n in PRODUCT_CASES:
+        irreps, target = o3.Irreps(irreps), o3.Irreps(target)
+        instructions = uuu_instructions(irreps, irreps, target)
+        kernels = {"e3nn TensorProduct": o3.TensorProduct(irreps, irreps, target, instructions, shared_weights=False,
+                                                          internal_weights=False),
+                   "ChannelProduct": ChannelProduct(irreps, irreps, target, instructions)}
+        x1 = torch.randn(n, irreps.dim, requires_grad=True)
+        x2 = torch.randn(n, irreps.dim, requires_grad=True)
+        w = torch.randn(n, kernels["ChannelProduct"].weight_numel, requires_grad=True)
+        times = {}
+        for name, kernel in kernels.items():
+            def step():
+                out = kernel(x1, x2, w)
+                grads = torch.autograd.grad(out.square().sum(), (x1, x2, w), create_graph=True)
+                (grads[0].square().sum() + out.sum()).backward()
+            times[name] = median_step_time(step, args.repeats, warmup=2)
+        base = times["e3nn TensorProduct"]
+        label = f"{irreps} -> {target}, {n} atoms ({len(instructions)} paths)"
+        for name, t in times.items():
+            records.append({"model": "equipot", "variant": name, "dataset": label, "metric": "latency",
+                            "value": round(1000 * t, 3), "unit": "ms", "n_atoms": n,
+                            "speedup_over_e3nn": round(base / t, 3), "dtype": "float32"})
+            rows.append((label, name, 1000 * t, base / t))
+        print(f"{label}: " + ", ".join(f"{k} {1000 * v:.2f} ms" for k, v in times.items()), flush=True)
+    path = write_result("kernels-products", args.threads, records)
+    md = ["# Node products: ours against e3nn", "",
+          f"Machine: {machine(args.threads)['cpu']}, {args.threads} thread(s), float32. Channel-wise (uuu) product "
+          f"of node features with per-atom weights: values, gradient with the graph kept, backward of a loss on both; "
+          f"median of {args.repeats}. Command: `python benchmarks/kernels.py {' '.join(sys.argv[1:])}`.", "",
+          "| product | kernel | ms | speed-up over e3nn |", "|---|---|---|---|"]
+    md += [f"| {a} | {b} | {c:.2f} | {d:.2f}× |" for a, b, c, d in rows]
+    (DOCS / "kernels-products.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    print(f"wrote {path}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("kind", nargs="?", default="edges", choices=["edges", "products"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=7)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.kind == "products":
+        return products(args)
     src, dst = graph()
     n, e = int(dst.max()) + 1, len(dst)
     table = neighbour_slots(dst, n)

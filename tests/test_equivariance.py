@@ -17,7 +17,7 @@ from equipot.config import ModelConfig
 from equipot.data import Statistics, neighbor_list
 from equipot.model import EnergyModel, Potential, build_model, hidden_irreps
 from equipot.nn import LinearReadout, MLPReadout, ProductBasis, RadialEmbedding, make_gate
-from equipot.o3 import neighbour_slots
+from equipot.o3 import ChannelProduct, neighbour_slots
 
 from equivariance import (
     CARTESIAN, RANK2, Spec, check_equivariance, check_potential_equivariance, random_structure,
@@ -187,9 +187,9 @@ def test_gate(lmax, parity):
 
 def _e3nn_modules(module):
     """(name, submodule) for every e3nn submodule with declared input/output irreps, ours that
-    subclass one (equipot.o3.Linear) included."""
+    subclass one (equipot.o3.Linear) or stand in for one (equipot.o3.ChannelProduct) included."""
     for name, sub in module.named_modules():
-        if not any(cls.__module__.startswith("e3nn") for cls in type(sub).__mro__):
+        if not (any(cls.__module__.startswith("e3nn") for cls in type(sub).__mro__) or isinstance(sub, ChannelProduct)):
             continue
         if hasattr(sub, "irreps_in1") or isinstance(sub, o3.SphericalHarmonics):
             yield name, sub
@@ -233,7 +233,10 @@ def test_every_e3nn_submodule(potential, graph_inputs):
     e3nn_convs = [layer for layer in potential.energy_model.layers
                   if not (layer.scalar_messages or layer.channel_messages)]
     assert sum(".conv" in c for c in checked) == len(e3nn_convs)
-    assert ("TensorProduct" in kinds) == (bool(e3nn_convs) or potential.combo[2] > 1)
+    # the node products are ours (ChannelProduct) where that is faster, e3nn's otherwise
+    product_kinds = {type(p).__name__ for layer in potential.energy_model.layers for p in layer.product.products}
+    assert product_kinds <= {"TensorProduct", "ChannelProduct"}
+    assert ("TensorProduct" in kinds) == (bool(e3nn_convs) or "TensorProduct" in product_kinds)
     if potential.combo[2] > 1:
         assert any(".product.products" in c for c in checked)
     assert len(checked) >= 10

@@ -201,3 +201,47 @@ def test_linear_keeps_e3nns_external_weights():
     x = torch.randn(4, ours.irreps_in.dim)
     torch.testing.assert_close(ours(x, w), o3.Linear.forward(ours, x, w))
     assert not torch.allclose(ours(x, w), ours(x))
+
+
+@pytest.mark.parametrize("irreps1, irreps_out", [
+    ("3x0e+3x1o+3x2e", "3x0e+3x1o+3x2e"),  # a first product: every irrep out
+    ("3x0e+3x1o+3x2e", "3x0e"),  # a last layer's last product: scalars only (dot products)
+    ("3x0e+3x1o+3x2e", "3x0e+3x1o"),  # scalars and the vectors of a dipole head
+    ("2x0e+2x0o+2x1o+2x1e", "2x0e+2x0o+2x1o+2x1e"),  # both parities
+    ("2x0e+2x0o+2x1o+2x1e", "2x0e+2x0o"),  # scalars of both parities: blocks of a with other blocks of b
+    ("2x0e+2x1o+2x2e+2x3o", "2x0e+2x1o+2x2e+2x3o"),
+])
+def test_channel_product_matches_e3nn(float64_without_einsum_search, irreps1, irreps_out):
+    """Values, first and second derivatives (forces, and the force loss) equal e3nn's
+    TensorProduct with the same "uuu" instructions and weight layout."""
+    from equipot.nn.interaction import uuu_instructions
+    from equipot.o3 import ChannelProduct
+
+    irreps1, irreps_out = o3.Irreps(irreps1), o3.Irreps(irreps_out)
+    instructions = uuu_instructions(irreps1, irreps1, irreps_out)
+    reference = o3.TensorProduct(irreps1, irreps1, irreps_out, instructions, shared_weights=False, internal_weights=False)
+    ours = ChannelProduct(irreps1, irreps1, irreps_out, instructions)
+    assert ours.weight_numel == reference.weight_numel
+    assert ours.trace == all(ir.l == 0 for _, ir in irreps_out)
+    g = torch.Generator().manual_seed(5)
+    x1 = torch.randn(6, irreps1.dim, generator=g, requires_grad=True)
+    x2 = torch.randn(6, irreps1.dim, generator=g, requires_grad=True)
+    w = torch.randn(6, reference.weight_numel, generator=g, requires_grad=True)
+    expected, got = reference(x1, x2, w), ours(x1, x2, w)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    probe = torch.randn(expected.shape, generator=g)
+    grads = [torch.autograd.grad((out * probe).sum(), (x1, x2, w), create_graph=True) for out in (expected, got)]
+    for g_expected, g_got in zip(*grads):
+        torch.testing.assert_close(g_got, g_expected, rtol=1e-11, atol=1e-11)
+    second = [torch.autograd.grad(gr[0].square().sum() + gr[2].sum(), (x1, x2, w), retain_graph=True) for gr in grads]
+    for s_expected, s_got in zip(*second):
+        torch.testing.assert_close(s_got, s_expected, rtol=1e-10, atol=1e-10)
+
+
+def test_channel_product_refuses_what_it_cannot_do():
+    from equipot.o3 import ChannelProduct
+
+    with pytest.raises(ValueError, match="one multiplicity"):
+        ChannelProduct("3x0e+2x1o", "3x0e+2x1o", "3x0e", [(0, 0, 0, "uuu", True)])
+    with pytest.raises(ValueError, match="'uuu' paths only"):
+        ChannelProduct("3x0e", "3x0e", "3x0e", [(0, 0, 0, "uvu", True)])

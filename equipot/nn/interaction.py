@@ -20,7 +20,7 @@ from e3nn import nn as enn
 from e3nn import o3
 from torch import nn
 
-from ..o3 import ChannelConvolution, Linear, NeighbourTable, ScalarConvolution
+from ..o3 import ChannelConvolution, ChannelProduct, Linear, NeighbourTable, ScalarConvolution
 from .gate import make_gate
 from .radial import RadialNetwork
 
@@ -51,6 +51,21 @@ def uuu_instructions(irreps1: o3.Irreps, irreps2: o3.Irreps, irreps_out: o3.Irre
                 if ir3 in ir1 * ir2 and mul1 == mul2 == mul3:
                     out.append((i, j, k, "uuu", True))
     return out
+
+
+def channel_product(irreps1: o3.Irreps, irreps2: o3.Irreps, irreps_out: o3.Irreps, instructions: list) -> nn.Module:
+    """The "uuu" product of the node features: our :class:`~equipot.o3.ChannelProduct` where it
+    is faster than e3nn's TensorProduct (products into scalars only, and products of many
+    paths; benchmarks/kernels.py products), e3nn's otherwise (few paths on many atoms)."""
+    one_mul = len({mul for irreps in (irreps1, irreps2, irreps_out) for mul, _ in irreps}) == 1
+    if one_mul:
+        ours = ChannelProduct(irreps1, irreps2, irreps_out, instructions)
+        if ours.trace or ours.num_paths >= FUSED_MIN_PATHS:
+            return ours
+    return o3.TensorProduct(irreps1, irreps2, irreps_out, instructions, shared_weights=False, internal_weights=False)
+
+
+FUSED_MIN_PATHS = 6
 
 
 class ProductBasis(nn.Module):
@@ -85,10 +100,7 @@ class ProductBasis(nn.Module):
         self.mix = nn.ModuleList([Linear(irreps, irreps) for _ in range(correlation - 1)]) if mixing else None
         for c in range(correlation - 1):
             target = self.irreps_out if c == correlation - 2 else irreps
-            tp = o3.TensorProduct(
-                irreps, irreps, target, uuu_instructions(irreps, irreps, target),
-                shared_weights=False, internal_weights=False,
-            )
+            tp = channel_product(irreps, irreps, target, uuu_instructions(irreps, irreps, target))
             self.products.append(tp)
             self.weights.append(nn.Parameter(torch.randn(num_species, tp.weight_numel)))
 
