@@ -37,7 +37,7 @@ def _eval(args) -> None:
             raise SystemExit(f"equipot eval: --key {item!r}: this model has no output {name!r} (known: {known})")
         keys[name] = key
     summary = evaluate_file(models, args.data, out_dir=args.out, keys=keys, energy_unit=args.energy_unit,
-                            length_unit=args.length_unit, batch_size=args.batch_size)
+                            length_unit=args.length_unit, batch_size=args.batch_size, by=args.by)
     print(format_table(summary, {name: f.unit for name, f in model.output_fields.items()}))
     if args.json:
         write_json(args.json, summary)
@@ -117,6 +117,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--energy-unit", default="eV")
     e.add_argument("--length-unit", default="Angstrom")
     e.add_argument("--batch-size", type=int, default=20)
+    e.add_argument("--by", metavar="KEY",
+                   help="also the errors of each group of structures by this per-structure key (config_type, say)")
     e.add_argument("--dtype", choices=["float32", "float64"])
     e.add_argument("--threads", type=int)
     e.set_defaults(func=_eval)

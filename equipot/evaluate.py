@@ -11,7 +11,7 @@ import torch
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from .data import Configuration, GraphLoader, read_configurations
+from .data import Configuration, DataError, GraphLoader, read_configurations
 from .atomic import atomic_write
 from .model.potential import Potential
 from .train.metrics import ErrorAccumulator
@@ -141,6 +141,22 @@ def format_table(summary: Dict[str, float], units: Optional[Dict[str, str]] = No
         lines.append(f"mean predicted energy: short range {summary['mean_energy_short_range_eV']:.4f} eV, "
                      f"long range (electrostatic) {summary['mean_energy_long_range_eV']:.4f} eV")
     lines.append(f"{summary['n_structures']} structures, {summary['n_atoms']} atoms")
+    if "groups" in summary:
+        lines += ["", _group_table(summary, rows)]
+    return "\n".join(lines)
+
+
+def _group_table(summary: Dict, rows) -> str:
+    """MAE and RMSE of each quantity per group of structures (``evaluate_file(..., by=KEY)``)."""
+    names = [(name, unit) for name, unit in rows if f"{name}_mae" in summary and name != "energy_per_atom"]
+    head = f"{'by ' + summary['group_by']:<24}{'structures':>11}" + "".join(
+        f"{name + ' MAE':>{max(14, len(name) + 5)}}{'RMSE':>10}" for name, _ in names)
+    lines = [head]
+    for group, s in summary["groups"].items():
+        cells = "".join(f"{s.get(name + '_mae', float('nan')):>{max(14, len(name) + 5)}.4g}"
+                        f"{s.get(name + '_rmse', float('nan')):>10.4g}" for name, _ in names)
+        lines.append(f"{group[:23]:<24}{s['n_structures']:>11}{cells}")
+    lines.append("units: " + ", ".join(f"{name} {unit}" for name, unit in names))
     return "\n".join(lines)
 
 
@@ -233,18 +249,32 @@ def evaluate_file(
     length_unit: str = "Angstrom",
     batch_size: int = 20,
     progress: bool = True,
+    by: Optional[str] = None,
 ) -> Dict[str, float]:
-    """Errors of ``model`` on ``data_path``; with ``out_dir``, also plots and predictions."""
+    """Errors of ``model`` on ``data_path``; with ``out_dir``, also plots and predictions; with
+    ``by``, the errors of each group of structures by that per-structure key (``config_type``,
+    say) too, under ``summary["groups"]`` (structures without the key: group "none")."""
     models = list(model) if isinstance(model, (list, tuple)) else [model]
     fields = models[0].output_fields
     if keys is None:
         keys = dict(EVAL_KEYS, **{name: name for name in fields})
-    configs = read_configurations(data_path, keys=keys, energy_unit=energy_unit, length_unit=length_unit, fields=fields)
+    configs = read_configurations(data_path, keys=keys, energy_unit=energy_unit, length_unit=length_unit, fields=fields,
+                                  tags=[by] if by else ())
     if len(models) == 1:
         preds = predict(models[0], configs, batch_size=batch_size, progress=progress)
     else:
         preds = committee_predict(models, configs, batch_size=batch_size, progress=progress)
-    summary = error_table(configs, preds, [name for name, f in fields.items() if f.shape == ()])
+    scalars = [name for name, f in fields.items() if f.shape == ()]
+    summary = error_table(configs, preds, scalars)
+    if by:
+        if not any(by in c.tags for c in configs):
+            raise DataError(f"{data_path}: no structure has the key {by!r} to group by")
+        groups: Dict[str, List[int]] = {}
+        for k, c in enumerate(configs):
+            groups.setdefault(c.tags.get(by, "none"), []).append(k)
+        summary["groups"] = {name: error_table([configs[k] for k in rows], [preds[k] for k in rows], scalars)
+                             for name, rows in sorted(groups.items())}
+        summary["group_by"] = by
     summary["data"] = data_path
     if len(models) > 1:
         summary["n_models"] = len(models)

@@ -153,3 +153,29 @@ def test_help_in_a_subprocess():
     assert result.stdout.startswith("usage: equipot")
     for name in ("train", "eval", "md", "demo"):
         assert name in result.stdout
+
+
+def test_eval_by_a_key_gives_each_groups_errors(io_tiny_model, io_demo_frames, tmp_path, capsys):
+    """--by config_type: each group's errors are those of its structures alone (a file of just
+    them gives the same numbers); structures without the key form the group "none"."""
+    frames = [a.copy() for a in io_demo_frames]
+    for k, atoms in enumerate(frames):
+        atoms.calc = io_demo_frames[k].calc
+        atoms.info.pop("config_type", None)
+        if k % 3:
+            atoms.info["config_type"] = "hot" if k % 3 == 1 else "cold"
+    path, metrics = tmp_path / "groups.xyz", tmp_path / "groups.json"
+    ase.io.write(str(path), frames, format="extxyz")
+    assert main(["eval", str(io_tiny_model), str(path), "--by", "config_type", "--json", str(metrics)]) == 0
+    out = capsys.readouterr().out
+    assert "by config_type" in out and "hot" in out and "none" in out
+    summary = json.load(open(metrics))
+    assert sorted(summary["groups"]) == ["cold", "hot", "none"]
+    hot = tmp_path / "hot.xyz"
+    ase.io.write(str(hot), [a for a in frames if a.info.get("config_type") == "hot"], format="extxyz")
+    assert main(["eval", str(io_tiny_model), str(hot), "--json", str(tmp_path / "hot.json")]) == 0
+    alone = json.load(open(tmp_path / "hot.json"))
+    for key in ("energy_mae", "forces_rmse", "n_structures"):
+        assert summary["groups"]["hot"][key] == pytest.approx(alone[key], rel=1e-12)
+    assert main(["eval", str(io_tiny_model), str(path), "--by", "nokey"]) == 2
+    assert "no structure has the key 'nokey'" in capsys.readouterr().err

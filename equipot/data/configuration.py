@@ -21,6 +21,7 @@ class Configuration:
     source: str = "?"  # "file, frame k", for error messages
     total_charge: float = 0.0  # e
     fields: Dict[str, Field] = field(default_factory=dict)  # typed outputs among the targets
+    tags: Dict[str, str] = field(default_factory=dict)  # per-structure keys kept as text (eval --by)
 
     @property
     def n_atoms(self) -> int:

@@ -115,12 +115,14 @@ def atoms_to_configuration(
     length_unit: str = "Angstrom",
     source: str = "?",
     fields: Optional[Mapping[str, Field]] = None,
+    tags: Iterable[str] = (),
 ) -> Configuration:
     """Convert one ASE structure; fields in ``required`` must be present.
 
     ``fields`` declares typed outputs ({name: Field}) that ``keys`` may map besides the
     built-in fields. The total charge is read from the key mapped as ``total_charge``
-    (default: ``total_charge`` if present, else 0).
+    (default: ``total_charge`` if present, else 0). Each per-structure key in ``tags`` that the
+    structure has is kept as text (``config_type``, say, to group errors by).
     """
     e_fac, l_fac = energy_factor(energy_unit), length_factor(length_unit)
     n = len(atoms)
@@ -184,6 +186,7 @@ def atoms_to_configuration(
         source=source,
         total_charge=total_charge,
         fields=fields if fields is not None else {},
+        tags={key: str(atoms.info[key]) for key in tags if key in atoms.info},
     )
 
 
@@ -197,6 +200,7 @@ def iread_configurations(
     format: Optional[str] = None,
     fields: Optional[Mapping[str, Field]] = None,
     every: bool = False,
+    tags: Iterable[str] = (),
 ) -> Iterator[Configuration]:
     """Stream configurations from ``path`` (any format ASE reads; extxyz first).
 
@@ -223,7 +227,7 @@ def iread_configurations(
         except Exception as err:  # ASE raises many types for malformed files
             raise DataError(f"{path}, frame {k}: cannot parse ({type(err).__name__}: {err})") from err
         config = atoms_to_configuration(atoms, keys, required if every else (), energy_unit, length_unit,
-                                        source=f"{path}, frame {k}", fields=fields)
+                                        source=f"{path}, frame {k}", fields=fields, tags=tags)
         first = atoms if first is None else first
         for name in required:
             labelled[name] += ("stress" if name == "virial" else name) in config.targets
