@@ -103,7 +103,7 @@ def main() -> None:
     lines += ["## Data efficiency: learning curves (benchmarks/learning_curve.py)", ""] + sections("learning_curve-")
     lines += ["## Physical checks (benchmarks/physics.py)", ""] + sections("physics-")
     lines += ["## Compile time of a training step (benchmarks/compile_time.py)", ""] + sections("compile-")
-    lines += simple_section("kernels")
+    lines += simple_section("kernels") + simple_section("kernels-products")
     lines += simple_section("linear")
     lines += simple_section("flops")
     lines += simple_section("nve_drift") + simple_section("data_memory")
