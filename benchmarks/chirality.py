@@ -104,6 +104,8 @@ def main() -> None:
                    help="add this many conformers of every training structure, each rotatable bond turned by a random "
                         "angle (equipot.data.torsions; R/S unchanged, energies and forces dropped): R/S must not depend "
                         "on the conformer")
+    p.add_argument("--weight-decay", type=float, default=0.0,
+                   help="training.optimizer adamw with this decoupled weight decay (against memorising the training molecules)")
     p.add_argument("--tag", default="", help="appended to the result's name (a rerun on another machine, say)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -117,6 +119,7 @@ def main() -> None:
     variant += "-novalid" if args.no_valid else ""
     variant += f"-t{args.torsions}" if args.torsions else ""
     variant += f"-ef{args.forces_weight:g}" if args.forces_weight > 0 else ""
+    variant += f"-wd{args.weight_decay:g}" if args.weight_decay > 0 else ""
     variant += f"-{args.budget_minutes:g}min" if args.budget_minutes != 10.0 else ""
     seeds_tag = "" if args.seeds == [11] else "-seed" + "-".join(map(str, args.seeds))
     frames = ase.io.read(str(DATA / "xtb/chirality/train.xyz"), ":")
@@ -155,6 +158,7 @@ def main() -> None:
                       "gate_odd_outputs": args.gate_odd,
                       "outputs": {"chirality": output}},
             "training": {"threads": args.threads, "batch_size": 10, "lr": 0.005, "max_epochs": 100000,
+                         **({"optimizer": "adamw", "weight_decay": args.weight_decay} if args.weight_decay > 0 else {}),
                          **({"scheduler": "budget"} if args.no_valid else {}),
                          "max_minutes": args.budget_minutes, "patience": 100000, "lr_patience": 8,
                          "loss": {"energy": 1.0 if auxiliary else 0.0, "forces": args.forces_weight,

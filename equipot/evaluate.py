@@ -253,7 +253,7 @@ def evaluate_file(
 ) -> Dict[str, float]:
     """Errors of ``model`` on ``data_path``; with ``out_dir``, also plots and predictions; with
     ``by``, the errors of each group of structures by that per-structure key (``config_type``,
-    say) too, under ``summary["groups"]`` (structures without the key: group "none")."""
+    say) too, under ``summary["groups"]`` (structures without the key: group "(none)")."""
     models = list(model) if isinstance(model, (list, tuple)) else [model]
     fields = models[0].output_fields
     if keys is None:
@@ -271,7 +271,7 @@ def evaluate_file(
             raise DataError(f"{data_path}: no structure has the key {by!r} to group by")
         groups: Dict[str, List[int]] = {}
         for k, c in enumerate(configs):
-            groups.setdefault(c.tags.get(by, "none"), []).append(k)
+            groups.setdefault(c.tags.get(by, "(none)"), []).append(k)
         summary["groups"] = {name: error_table([configs[k] for k in rows], [preds[k] for k in rows], scalars)
                              for name, rows in sorted(groups.items())}
         summary["group_by"] = by

@@ -157,7 +157,7 @@ def test_help_in_a_subprocess():
 
 def test_eval_by_a_key_gives_each_groups_errors(io_tiny_model, io_demo_frames, tmp_path, capsys):
     """--by config_type: each group's errors are those of its structures alone (a file of just
-    them gives the same numbers); structures without the key form the group "none"."""
+    them gives the same numbers); structures without the key form the group "(none)"."""
     frames = [a.copy() for a in io_demo_frames]
     for k, atoms in enumerate(frames):
         atoms.calc = io_demo_frames[k].calc
@@ -168,9 +168,9 @@ def test_eval_by_a_key_gives_each_groups_errors(io_tiny_model, io_demo_frames, t
     ase.io.write(str(path), frames, format="extxyz")
     assert main(["eval", str(io_tiny_model), str(path), "--by", "config_type", "--json", str(metrics)]) == 0
     out = capsys.readouterr().out
-    assert "by config_type" in out and "hot" in out and "none" in out
+    assert "by config_type" in out and "hot" in out and "(none)" in out
     summary = json.load(open(metrics))
-    assert sorted(summary["groups"]) == ["cold", "hot", "none"]
+    assert sorted(summary["groups"]) == ["(none)", "cold", "hot"]
     hot = tmp_path / "hot.xyz"
     ase.io.write(str(hot), [a for a in frames if a.info.get("config_type") == "hot"], format="extxyz")
     assert main(["eval", str(io_tiny_model), str(hot), "--json", str(tmp_path / "hot.json")]) == 0

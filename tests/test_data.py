@@ -377,6 +377,10 @@ def test_fit_e0_takes_isolated_atoms_of_the_training_data():
     boxed = atoms_to_configuration(boxed, {"energy": "energy"}, ["energy"])
     assert fit_e0(configs + [boxed], [H, C, O], cutoff=5.0)[C] == e0[C]
     assert fit_e0(configs + [boxed], [H, C, O])[C] != e0[C]  # without a cutoff only open structures count
+    ion = Atoms(numbers=[O], positions=[[0.0, 0.0, 0.0]])
+    ion.info.update(energy=-2000.0, total_charge=-1)  # an ion is no reference for the neutral atom
+    ion = atoms_to_configuration(ion, {"energy": "energy"}, ["energy"])
+    assert fit_e0(configs + [ion], [H, C, O])[O] == e0[O]
 
 
 def test_e0s_from_file_mapping_and_fit(io_small_xyz):

@@ -136,3 +136,52 @@ def test_store_keeps_which_structures_are_labelled(mixed_xyz, tmp_path):
         assert torch.equal(torch.isnan(graph.targets[name]), torch.isnan(reference.targets[name]))
     with pytest.raises(DataError, match="no structure of the store"):
         store.require(["dipole"])
+
+
+def test_a_crystal_without_a_dipole_beside_molecules_with_one(tmp_path):
+    """The model's dipole of a periodic structure is NaN by design; where its label is missing
+    the loss and its gradient stay finite."""
+    from equipot.config import ModelConfig, OutputConfig
+    from equipot.data import Statistics
+    from equipot.model import build_model
+
+    torch.manual_seed(0)
+    config = ModelConfig(r_max=4.0, channels=4, lmax=1, num_basis=4, radial_hidden=[8], readout_hidden=4,
+                         correlation=2, outputs={"dipole": OutputConfig("dipole")})
+    stats = Statistics(species=[29], e0={29: 0.0}, energy_shift=0.0, energy_scale=1.0, avg_num_neighbors=8.0)
+    model = build_model(config, stats).double()
+    cluster = Atoms("Cu5", positions=2.4 * np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0.3]]))
+    cluster.info["dipole"] = np.array([0.1, -0.2, 0.05])
+    crystal = bulk("Cu", "fcc", a=3.6, cubic=True)
+    path = tmp_path / "dipoles.xyz"
+    ase.io.write(str(path), [cluster, crystal], format="extxyz")
+    fields = model.output_fields
+    configs = read_configurations(str(path), keys={"dipole": "dipole"}, required=["dipole"], fields=fields)
+    graph = make_batch(configs, 4.0, dtype=torch.float64)
+    pred = model(graph, training=True)
+    assert torch.isnan(pred["dipole"][1]).all() and torch.isnan(graph.targets["dipole"][1]).all()
+    weights = config_from_dict({"model": {"lmax": 1, "outputs": {"dipole": "dipole"}},
+                                "training": {"loss": {"energy": 0.0, "forces": 0.0, "outputs": {"dipole": 1.0}}}}).training.loss
+    sq, count = squared_error_terms(pred, graph, weights)["dipole"]
+    assert float(count) == 3 and torch.isfinite(sq)
+    assert math.isclose(float(sq.detach()), float(((pred["dipole"][0].detach() - graph.targets["dipole"][0]) ** 2).sum()), rel_tol=1e-12)
+    sq.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_isolated_atoms_always_train_and_metrics_without_labels_are_nan(mixed_xyz, tmp_path):
+    from equipot.train.setup import read_splits
+
+    for seed in range(6):
+        values = {"seed": seed, "data": {"train": str(mixed_xyz), "valid_fraction": 0.3, "keys": KEYS}}
+        splits = read_splits(config_from_dict(values))
+        assert sum(c.n_atoms == 1 for c in splits.train) == 1 and all(c.n_atoms > 1 for c in splits.valid)
+        assert len(splits.valid) == 4 and len(splits.train) == 9
+    values["data"]["max_train"] = 2  # the isolated atom and two others
+    assert [c.n_atoms for c in read_splits(config_from_dict(values)).train][0] == 1
+    assert len(read_splits(config_from_dict(values)).train) == 3
+    acc = ErrorAccumulator()
+    acc.add_batch({"energy": np.zeros(1), "stress": np.zeros((1, 3, 3))},
+                  {"energy": np.ones(1), "stress": np.full((1, 3, 3), np.nan)}, np.array([2]))
+    summary = acc.summary()
+    assert math.isnan(summary["stress_mae"]) and summary["energy_mae"] == 1000.0

@@ -53,15 +53,15 @@ def count_matrix(configs: Sequence[Configuration], species: Sequence[int]) -> np
 def fit_e0(configs: Sequence[Configuration], species: Sequence[int], cutoff: Optional[float] = None) -> Dict[int, float]:
     """Isolated-atom energies from the training structures with an energy.
 
-    An element with an isolated atom among them (one atom, not periodic or, given ``cutoff``,
-    in a cell so large that it has no periodic image within the cutoff) takes that atom's
+    An element with an isolated neutral atom among them (one atom, not periodic or, given
+    ``cutoff``, in a cell so large that it has no periodic image within the cutoff) takes that atom's
     energy (the mean if there are several); the others a least-squares fit of the remaining
     energies, E − Σ_isolated n_s E0_s ≈ Σ_other n_s E0_s (the minimum-norm solution).
     """
     energies = np.array([c.targets["energy"] for c in configs], dtype=np.float64).reshape(-1)
     alone: Dict[int, List[float]] = {}
     for c, e in zip(configs, energies):
-        if c.n_atoms == 1 and (not np.any(c.pbc) or (
+        if c.n_atoms == 1 and c.total_charge == 0 and (not np.any(c.pbc) or (
                 cutoff is not None and len(neighbor_list(c.positions, c.cell, c.pbc, cutoff)[0]) == 0)):
             alone.setdefault(int(c.numbers[0]), []).append(float(e))
     known = {z: float(np.mean(alone[z])) for z in species if z in alone}

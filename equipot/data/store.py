@@ -170,6 +170,10 @@ class ConfigurationStore(SequenceABC):
                 raise DataError(f"{self.path}: the training needs {name} labels, and no structure of the store has "
                                 f"them; map {name} in data.keys and convert the data again")
 
+    def periodic(self) -> np.ndarray:
+        """Whether each structure is periodic in some direction."""
+        return np.asarray(self._h5()["pbc"][:], dtype=bool).any(axis=1)
+
     def labelled(self, name: str) -> np.ndarray:
         """Whether each structure carries the label ``name``."""
         if name not in self.target_names:

@@ -58,7 +58,7 @@ def channel_product(irreps1: o3.Irreps, irreps2: o3.Irreps, irreps_out: o3.Irrep
     is faster than e3nn's TensorProduct (products into scalars only, and products of many
     paths; benchmarks/kernels.py products), e3nn's otherwise (few paths on many atoms)."""
     one_mul = len({mul for irreps in (irreps1, irreps2, irreps_out) for mul, _ in irreps}) == 1
-    if one_mul:
+    if one_mul and instructions:
         ours = ChannelProduct(irreps1, irreps2, irreps_out, instructions)
         if ours.trace or ours.num_paths >= FUSED_MIN_PATHS:
             return ours

@@ -41,6 +41,8 @@ class ChannelProduct(nn.Module):
         if len(muls) != 1:
             raise ValueError(f"ChannelProduct needs one multiplicity throughout, got {self.irreps_in1}, "
                              f"{self.irreps_in2} -> {self.irreps_out}")
+        if not instructions:
+            raise ValueError("ChannelProduct needs at least one path")
         for ins in instructions:
             if tuple(ins[3:5]) != ("uuu", True):
                 raise ValueError(f"ChannelProduct supports weighted 'uuu' paths only, got {ins}")
@@ -95,7 +97,7 @@ class ChannelProduct(nn.Module):
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         n, u = x1.shape[0], self.mul
         a, b = _channels_first(x1, self.dims1, u), _channels_first(x2, self.dims2, u)  # (n, u, D)
-        w = weight.view(n, self.num_paths, u).transpose(1, 2)  # (n, u, paths)
+        w = weight.reshape(n, self.num_paths, u).transpose(1, 2)  # (n, u, paths)
         if self.trace:
             if self.same_blocks:  # the blocks are a's and b's own, in order: one product
                 products = a * b
@@ -126,6 +128,6 @@ def _channels_first(x: torch.Tensor, dims: Sequence[int], mul: int) -> torch.Ten
     """e3nn's layout (each irrep's block as (mul, dim)) -> (n, mul, Σ dim)."""
     n = x.shape[0]
     if len(dims) == 1:
-        return x.view(n, mul, dims[0])
+        return x.reshape(n, mul, dims[0])
     return torch.cat([part.reshape(n, mul, d) for part, d in zip(x.split([mul * d for d in dims], dim=1), dims)],
                      dim=2)

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+import warnings
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -314,8 +315,13 @@ class Trainer:
                 break
         if self.world.is_main:
             write_history(self.out, self.history)  # the final learning curve
-            self._test()
         self.world.barrier()
+        if self.world.is_main:  # after the barrier: the other processes need not wait for it
+            try:
+                self._test()
+            except Exception as err:  # the trained model is saved; a bad test file must not lose the run
+                warnings.warn(f"data.test: evaluation failed ({type(err).__name__}: {err}); the model is in "
+                              f"{os.path.join(self.out, MODEL)}, evaluate it with equipot eval", stacklevel=2)
         return {"stop_reason": stop_reason, "epochs": self.epoch, "best_valid_loss": self.best_loss}
 
     def _test(self) -> None:
@@ -329,8 +335,11 @@ class Trainer:
         model = load_model(os.path.join(self.out, MODEL), dtype=self.dtype, device=self.device)
         keys = dict(d.keys, **{name: d.keys.get(name, name) for name in model.output_fields})
         results = {}
-        for path in files:
-            summary = evaluate_file(model, path, out_dir=os.path.join(self.out, "test"), keys=keys,
+        stems = [os.path.splitext(os.path.basename(path))[0] for path in files]
+        for k, path in enumerate(files):
+            # files of one name (in different folders) each get their own folder of plots
+            folder = os.path.join(self.out, "test") if stems.count(stems[k]) == 1 else os.path.join(self.out, "test", str(k))
+            summary = evaluate_file(model, path, out_dir=folder, keys=keys,
                                     energy_unit=d.energy_unit, length_unit=d.length_unit,
                                     batch_size=self.config.training.valid_batch_size, progress=self.progress)
             results[path] = summary

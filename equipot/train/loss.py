@@ -29,13 +29,13 @@ def squared_error_terms(
             )
     n_atoms = graph.atoms_per_graph().to(torch.float64)
     if weights.energy > 0:
-        ref, known = _known(graph.targets["energy"].to(torch.float64), pred["energy"])
-        err = (pred["energy"] - ref) / n_atoms
+        p, ref, known = _known(pred["energy"], graph.targets["energy"].to(torch.float64))
+        err = (p - ref) / n_atoms
         terms["energy"] = (err.pow(2).sum(), known)
     for name in ("forces", "stress"):
         if getattr(weights, name) > 0:
-            ref, known = _known(graph.targets[name].to(pred[name].dtype), pred[name])
-            terms[name] = ((pred[name] - ref).pow(2).sum().to(torch.float64), known)
+            p, ref, known = _known(pred[name], graph.targets[name].to(pred[name].dtype))
+            terms[name] = ((p - ref).pow(2).sum().to(torch.float64), known)
     for name, w in weights.outputs.items():  # typed outputs: MSE over all components, or the sign form
         if w <= 0:
             continue
@@ -44,24 +44,26 @@ def squared_error_terms(
                 f"loss term {name!r} has weight {w} but the data carry no {name} labels; "
                 f"set its weight to 0 or map {name} in data.keys"
             )
-        ref, known = _known(graph.targets[name].to(pred[name].dtype), pred[name])
+        p, ref, known = _known(pred[name], graph.targets[name].to(pred[name].dtype))
         if weights.forms.get(name, "mse") == "sign":  # logistic loss of the sign (a zero label: log 2, no gradient)
-            err = torch.nn.functional.softplus(-torch.sign(ref) * pred[name])
+            err = torch.nn.functional.softplus(-torch.sign(ref) * p)
             err = torch.where(torch.isfinite(graph.targets[name]).to(err.device), err, 0.0)
         else:
-            err = (pred[name] - ref).pow(2)
+            err = (p - ref).pow(2)
         terms[name] = (err.sum().to(torch.float64), known)
     return terms
 
 
-def _known(ref: torch.Tensor, pred: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The labels with each missing (NaN) entry replaced by the prediction itself, so that it
-    adds neither error nor gradient, and the number of known entries."""
+def _known(pred: torch.Tensor, ref: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prediction and label with each entry whose label is missing (NaN) set to 0 in both, so
+    that it adds neither error nor gradient (also where the prediction itself is NaN, as the
+    dipole of a crystal is), and the number of known entries."""
     known = torch.isfinite(ref)
     if bool(known.all()):
-        return ref, torch.tensor(float(ref.numel()), dtype=torch.float64)
+        return pred, ref, torch.tensor(float(ref.numel()), dtype=torch.float64)
     # counts stay on the CPU, as in the first case (the reductions over processes expect it)
-    return torch.where(known, ref, pred.detach().to(ref.dtype)), known.sum().to(device="cpu", dtype=torch.float64)
+    return (torch.where(known, pred, 0.0), torch.where(known, ref, 0.0),
+            known.sum().to(device="cpu", dtype=torch.float64))
 
 
 def loss_names(weights: LossConfig):

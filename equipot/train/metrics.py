@@ -52,13 +52,13 @@ class ErrorAccumulator:
         atom, whose signs are also counted. NaN labels (a label some structures lack) are left out."""
         if "energy" in targets:
             err = pred["energy"] - targets["energy"]
-            known = np.isfinite(err)
+            known = np.isfinite(targets["energy"])  # a NaN prediction of a known label shows as NaN
             self.add("energy", err[known])
             self.add("energy_per_atom", (err / n_atoms)[known])
         for name in ("forces", "stress"):
             if name in targets:
                 err = (pred[name] - targets[name]).reshape(-1)
-                self.add(name, err[np.isfinite(err)])
+                self.add(name, err[np.isfinite(np.asarray(targets[name]).reshape(-1))])
         for name, ref in targets.items():  # typed outputs
             if name not in BUILTIN and name in pred:
                 p, ref = np.asarray(pred[name]).reshape(-1), np.asarray(ref).reshape(-1)
@@ -94,7 +94,10 @@ class ErrorAccumulator:
                     out[f"{name[:-len(SIGN)]}_sign_accuracy"] = 1.0 - wrong / labelled
                 continue
             _, factor = REPORTED.get(name, ("", 1.0))
-            n = max(count, 1.0)
+            if count == 0:  # no structure here carries this label (a validation split without crystals, say)
+                out[f"{name}_mae"] = out[f"{name}_rmse"] = float("nan")
+                continue
+            n = count
             out[f"{name}_mae"] = factor * abs_sum / n
             out[f"{name}_rmse"] = factor * np.sqrt(sq_sum / n)
             if name not in REPORTED:

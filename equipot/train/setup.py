@@ -45,6 +45,9 @@ def read_splits(config: Config) -> Splits:
     for path in test_files(config):  # found now, not after hours of training
         if not os.path.isfile(path):
             raise ConfigError(f"data.test: file not found: {path}")
+        if is_store(path):
+            raise ConfigError(f"data.test: {path} is an HDF5 store; test files are read as equipot eval reads "
+                              "them (extxyz or any file ASE reads)")
     required = required_fields(config)
     for name in required:
         if name not in d.keys:
@@ -56,20 +59,34 @@ def read_splits(config: Config) -> Splits:
     kwargs = dict(keys=d.keys, required=required, energy_unit=d.energy_unit, length_unit=d.length_unit,
                   fields=output_fields(config.model))
     configs = read_data(d.train, kwargs)
+    # isolated atoms (one atom, open), whose energies the E0 fit takes, always train, first
+    single = _isolated_atoms(configs)
     if d.valid:
         valid = read_data(d.valid, kwargs)
-        train = configs
+        order = np.concatenate([np.flatnonzero(single), np.flatnonzero(~single)])
     else:
         rng = np.random.default_rng(config.seed)
         order = rng.permutation(len(configs))
         n_valid = max(1, int(round(d.valid_fraction * len(configs))))
-        if n_valid >= len(configs):
+        if n_valid >= len(configs) - int(single.sum()):
             raise DataError(f"{d.train}: {len(configs)} structures are too few to split off a validation set")
-        valid = Subset(configs, order[:n_valid])
-        train = Subset(configs, order[n_valid:])
+        others = order[~single[order]]  # without single atoms, the split of earlier versions
+        valid = Subset(configs, others[:n_valid])
+        order = np.concatenate([order[single[order]], others[n_valid:]])
+    train = configs if d.valid and not single.any() else Subset(configs, order)
     if d.max_train is not None:
-        train = train[: d.max_train]
+        train = train[: int(single.sum()) + d.max_train] if single.any() else train[: d.max_train]
     return Splits(train=train, valid=valid)
+
+
+def _isolated_atoms(configs: Sequence[Configuration]) -> np.ndarray:
+    """Whether each structure is one atom, not periodic (a store's read from its offsets and
+    flags, without reading the structures)."""
+    base = configs.base if isinstance(configs, Subset) else configs
+    if isinstance(base, ConfigurationStore):
+        flags = (np.diff(base.offsets) == 1) & ~base.periodic()
+        return flags[configs.indices] if isinstance(configs, Subset) else flags
+    return np.array([c.n_atoms == 1 and not np.any(c.pbc) for c in configs], dtype=bool)
 
 
 def label_coverage(configs: Sequence[Configuration], names: Sequence[str]) -> Dict[str, int]:
@@ -128,14 +145,25 @@ STATISTICS_SAMPLE = 20000
 
 def training_statistics(config: Config, train: Sequence[Configuration]) -> Statistics:
     species = _species(train)
-    train = sample(train, STATISTICS_SAMPLE, config.seed)
-    e0 = read_e0s(config.data.e0s, config.data, train, species, config.model.r_max)
+    sampled = sample(train, STATISTICS_SAMPLE, config.seed)
+    e0 = read_e0s(config.data.e0s, config.data, _with_single_atoms(sampled, train), species, config.model.r_max)
+    train = sampled
     try:
         return compute_statistics(train, config.model.r_max, e0, species)
     except CloseAtomsError:
         raise
     except ValueError as err:  # E0 missing for an element of the training data
         raise ConfigError(str(err)) from None
+
+
+def _with_single_atoms(sampled: Sequence[Configuration], train: Sequence[Configuration]) -> Sequence[Configuration]:
+    """``sampled`` (drawn from ``train``) with every isolated atom of ``train`` that it lacks:
+    the E0 fit takes isolated atoms' energies, and a sample must not drop them."""
+    if sampled is train:
+        return train
+    taken = set(sampled.indices.tolist()) if isinstance(sampled, Subset) else set()
+    extra = [int(k) for k in np.flatnonzero(_isolated_atoms(train)) if int(k) not in taken]
+    return list(sampled) + [train[k] for k in extra] if extra else sampled
 
 
 def _species(configs: Sequence[Configuration]) -> List[int]:
@@ -160,8 +188,8 @@ def fine_tuning_start(config: Config, splits: Splits, dtype: torch.dtype) -> Tup
             f"the training data also holds {', '.join(chemical_symbols[z] for z in unknown)}, for which it has "
             "no weights (a fine-tuned model keeps the elements it has)")
     if config.training.init_e0s == "data":
-        sampled = sample(splits.train, STATISTICS_SAMPLE, config.seed)
-        if config.data.e0s == "fit" and not all("energy" in c.targets for c in sampled):
+        sampled = _with_single_atoms(sample(splits.train, STATISTICS_SAMPLE, config.seed), splits.train)
+        if config.data.e0s == "fit" and not any("energy" in c.targets for c in sampled):
             raise ConfigError("training.init_e0s: 'data' with data.e0s 'fit' needs energies in the training data")
         e0 = read_e0s(config.data.e0s, config.data, sampled, species, config.model.r_max)
         shift = dict(model.named_parameters())["energy_model.atomic_shift"]
