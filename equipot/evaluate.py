@@ -9,6 +9,7 @@ import ase.io
 import numpy as np
 import torch
 from ase import Atoms
+from ase.data import atomic_numbers, chemical_symbols
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from .data import Configuration, DataError, GraphLoader, read_configurations
@@ -117,6 +118,10 @@ def error_table(configs: Sequence[Configuration], preds: Sequence[dict], scalars
         if "energy" in targets:
             targets["energy"], pred["energy"] = targets["energy"].reshape(1), pred["energy"].reshape(1)
         acc.add_batch(pred, targets, np.array([c.n_atoms]), scalars)
+        if "forces" in targets:  # and per element (as forces[H]), where the errors of one element often dominate
+            err = pred["forces"] - targets["forces"]
+            for z in np.unique(c.numbers):
+                acc.add(f"forces[{chemical_symbols[int(z)]}]", err[c.numbers == z])
     summary = acc.summary()
     if preds and "energy_long_range" in preds[0]:  # how the predicted energy splits, on average
         summary["mean_energy_long_range_eV"] = float(np.mean([p["energy_long_range"] for p in preds]))
@@ -128,7 +133,10 @@ def error_table(configs: Sequence[Configuration], preds: Sequence[dict], scalars
 
 def format_table(summary: Dict[str, float], units: Optional[Dict[str, str]] = None) -> str:
     """A text table; ``units`` gives the units of typed outputs ({name: unit})."""
-    rows = [("energy", "meV"), ("energy_per_atom", "meV/atom"), ("forces", "meV/Å"), ("stress", "meV/Å³")]
+    elements = sorted({k[len("forces["):k.index("]")] for k in summary if k.startswith("forces[")},
+                      key=lambda symbol: atomic_numbers[symbol])
+    rows = [("energy", "meV"), ("energy_per_atom", "meV/atom"), ("forces", "meV/Å")]
+    rows += [(f"forces[{symbol}]", "meV/Å") for symbol in elements] + [("stress", "meV/Å³")]
     rows += [(name, unit) for name, unit in (units or {}).items()]
     lines = [f"{'quantity':<18}{'MAE':>12}{'RMSE':>12}{'R²':>9}  unit"]
     for name, unit in rows:
@@ -148,7 +156,7 @@ def format_table(summary: Dict[str, float], units: Optional[Dict[str, str]] = No
 
 def _group_table(summary: Dict, rows) -> str:
     """MAE and RMSE of each quantity per group of structures (``evaluate_file(..., by=KEY)``)."""
-    names = [(name, unit) for name, unit in rows if f"{name}_mae" in summary and name != "energy_per_atom"]
+    names = [(name, unit) for name, unit in rows if f"{name}_mae" in summary and name != "energy_per_atom" and "[" not in name]
     head = f"{'by ' + summary['group_by']:<24}{'structures':>11}" + "".join(
         f"{name + ' MAE':>{max(14, len(name) + 5)}}{'RMSE':>10}" for name, _ in names)
     lines = [head]

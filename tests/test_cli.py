@@ -171,6 +171,11 @@ def test_eval_by_a_key_gives_each_groups_errors(io_tiny_model, io_demo_frames, t
     assert "by config_type" in out and "hot" in out and "(none)" in out
     summary = json.load(open(metrics))
     assert sorted(summary["groups"]) == ["(none)", "cold", "hot"]
+    # forces per element (H, C, O of acac): their squared errors add up to the whole's
+    counts = {"H": 8, "C": 5, "O": 2}
+    total = sum(n * summary[f"forces[{el}]_rmse"] ** 2 for el, n in counts.items()) / sum(counts.values())
+    assert total == pytest.approx(summary["forces_rmse"] ** 2, rel=1e-9)
+    assert "forces[H]" in out
     hot = tmp_path / "hot.xyz"
     ase.io.write(str(hot), [a for a in frames if a.info.get("config_type") == "hot"], format="extxyz")
     assert main(["eval", str(io_tiny_model), str(hot), "--json", str(tmp_path / "hot.json")]) == 0

@@ -93,14 +93,15 @@ class ErrorAccumulator:
                 if labelled > 0 and other == 0:
                     out[f"{name[:-len(SIGN)]}_sign_accuracy"] = 1.0 - wrong / labelled
                 continue
-            _, factor = REPORTED.get(name, ("", 1.0))
+            reported = name.split("[")[0]  # forces[H]: the forces of one element
+            _, factor = REPORTED.get(reported, ("", 1.0))
             if count == 0:  # no structure here carries this label (a validation split without crystals, say)
                 out[f"{name}_mae"] = out[f"{name}_rmse"] = float("nan")
                 continue
             n = count
             out[f"{name}_mae"] = factor * abs_sum / n
             out[f"{name}_rmse"] = factor * np.sqrt(sq_sum / n)
-            if name not in REPORTED:
+            if reported not in REPORTED:
                 variance = ref_sq - ref_sum**2 / n
                 out[f"{name}_r2"] = 1.0 - sq_sum / variance if variance > 0 else float("nan")
         return out
