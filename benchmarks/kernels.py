@@ -73,22 +73,33 @@ def products(args) -> None:
                 grads = torch.autograd.grad(out.square().sum(), (x1, x2, w), create_graph=True)
                 (grads[0].square().sum() + out.sum()).backward()
             times[name] = median_step_time(step, args.repeats, warmup=2)
-        base = times["e3nn TensorProduct"]
         label = f"{irreps} -> {target}, {n} atoms ({len(instructions)} paths)"
-        for name, t in times.items():
-            records.append({"model": "equipot", "variant": name, "dataset": label, "metric": "latency",
-                            "value": round(1000 * t, 3), "unit": "ms", "n_atoms": n,
-                            "speedup_over_e3nn": round(base / t, 3), "dtype": "float32"})
-            rows.append((label, name, 1000 * t, base / t))
-        print(f"{label}: " + ", ".join(f"{k} {1000 * v:.2f} ms" for k, v in times.items()), flush=True)
-    path = write_result("kernels-products", args.threads, records)
-    md = ["# Node products: ours against e3nn", "",
-          f"Machine: {machine(args.threads)['cpu']}, {args.threads} thread(s), float32. Channel-wise (uuu) product "
-          f"of node features with per-atom weights: values, gradient with the graph kept, backward of a loss on both; "
-          f"median of {args.repeats}. Command: `python benchmarks/kernels.py {' '.join(sys.argv[1:])}`.", "",
-          "| product | kernel | ms | speed-up over e3nn |", "|---|---|---|---|"]
-    md += [f"| {a} | {b} | {c:.2f} | {d:.2f}× |" for a, b, c, d in rows]
-    (DOCS / "kernels-products.md").write_text("\n".join(md) + "\n")
+        add_times(records, rows, label, times, "e3nn TensorProduct", digits=2, n_atoms=n)
+    write_tables("kernels-products", "Node products: ours against e3nn",
+                 "Channel-wise (uuu) product of node features with per-atom weights: values, gradient with the graph "
+                 f"kept, backward of a loss on both; median of {args.repeats}.", "product", records, rows, args.threads, 2)
+
+
+def add_times(records: list, rows: list, label: str, times: dict, base_name: str, digits: int, **extra) -> None:
+    """One record and one table row per kernel, with its speed-up over ``base_name``."""
+    base = times[base_name]
+    for name, t in times.items():
+        records.append({"model": "equipot", "variant": name, "dataset": label, "metric": "latency",
+                        "value": round(1000 * t, 3), "unit": "ms", **extra,
+                        "speedup_over_e3nn": round(base / t, 3), "dtype": "float32"})
+        rows.append((label, name, 1000 * t, base / t))
+    print(f"{label}: " + ", ".join(f"{k} {1000 * v:.{digits}f} ms" for k, v in times.items()), flush=True)
+
+
+def write_tables(name: str, title: str, what: str, first_column: str, records: list, rows: list, threads: int,
+                 digits: int) -> None:
+    """docs/benchmarks/NAME.json (records) and NAME.md (the table)."""
+    path = write_result(name, threads, records)
+    md = [f"# {title}", "", f"Machine: {machine(threads)['cpu']}, {threads} thread(s), float32. {what} "
+          f"Command: `python benchmarks/kernels.py {' '.join(sys.argv[1:])}`.", "",
+          f"| {first_column} | kernel | ms | speed-up over e3nn |", "|---|---|---|---|"]
+    md += [f"| {a} | {b} | {c:.{digits}f} | {d:.2f}× |" for a, b, c, d in rows]
+    (DOCS / f"{name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     print(f"wrote {path}")
 
@@ -133,25 +144,11 @@ def main() -> None:
                     out = kernel(x, sh, w, src, table)
                 torch.autograd.grad((out * probe).sum(), (x, sh, w))
             times[name] = median_step_time(step, args.repeats, warmup=2)
-        base = times["e3nn TensorProduct + index_add"]
-        for name, t in times.items():
-            records.append({"model": "equipot", "variant": name, "dataset": label, "metric": "latency",
-                            "value": round(1000 * t, 3), "unit": "ms", "n_atoms": n, "n_edges": e,
-                            "speedup_over_e3nn": round(base / t, 3), "dtype": "float32"})
-            rows.append((label, name, 1000 * t, base / t))
-        print(f"{label}: " + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in times.items()), flush=True)
-    path = write_result("kernels", args.threads, records)
-    md = ["# Edge kernels: ours against e3nn", "",
-          f"Machine: {machine(args.threads)['cpu']}, {args.threads} thread(s), float32. Channel-wise product of node "
-          f"features with edge harmonics summed over each atom's edges, forward + backward (to features, harmonics, "
-          f"weights), {n} atoms, {e} edges (Poisson, mean 19, at most 33 per atom), median of {args.repeats}. "
-          f"Command: `python benchmarks/kernels.py {' '.join(sys.argv[1:])}`.", "",
-          "| edge operation | kernel | ms | speed-up over e3nn |", "|---|---|---|---|"]
-    md += [f"| {a} | {b} | {c:.1f} | {d:.2f}× |" for a, b, c, d in rows]
-    (DOCS / "kernels.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
-    print(f"wrote {path}")
-
+        add_times(records, rows, label, times, "e3nn TensorProduct + index_add", digits=1, n_atoms=n, n_edges=e)
+    write_tables("kernels", "Edge kernels: ours against e3nn",
+                 "Channel-wise product of node features with edge harmonics summed over each atom's edges, forward + "
+                 f"backward (to features, harmonics, weights), {n} atoms, {e} edges (Poisson, mean 19, at most 33 per "
+                 f"atom), median of {args.repeats}.", "edge operation", records, rows, args.threads, 1)
 
 if __name__ == "__main__":
     main()

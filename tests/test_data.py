@@ -330,16 +330,22 @@ def test_mixed_open_and_periodic_batch(tmp_path):
 # ----------------------------------------------------------------------------- E0 and statistics
 
 
-def test_fit_e0_recovers_known_values():
-    e0 = {H: -13.6, C: -1027.0, O: -2038.0}
-    rng = np.random.default_rng(0)
+def molecules_of_known_e0(e0, n, seed, binding_per_atom=0.0):
+    """``n`` H/C/O compositions whose energies are Σ n_s E0_s plus a binding energy per atom."""
+    rng = np.random.default_rng(seed)
     configs = []
-    for k in range(8):
+    for k in range(n):
         counts = {H: int(rng.integers(1, 9)), C: int(rng.integers(1, 5)), O: int(rng.integers(0, 3))}
         numbers = np.repeat(list(counts), list(counts.values()))
         atoms = Atoms(numbers=numbers, positions=np.arange(3 * len(numbers)).reshape(-1, 3) * 1.0)
-        atoms.info["energy"] = sum(n * e0[z] for z, n in counts.items())
+        atoms.info["energy"] = sum(n * e0[z] for z, n in counts.items()) + binding_per_atom * len(numbers)
         configs.append(atoms_to_configuration(atoms, {"energy": "energy"}, ["energy"], source=f"s{k}"))
+    return configs
+
+
+def test_fit_e0_recovers_known_values():
+    e0 = {H: -13.6, C: -1027.0, O: -2038.0}
+    configs = molecules_of_known_e0(e0, 8, seed=0)
     fitted = fit_e0(configs, [H, C, O])
     for z in e0:
         assert fitted[z] == pytest.approx(e0[z], abs=1e-8)
@@ -351,15 +357,8 @@ def test_fit_e0_takes_isolated_atoms_of_the_training_data():
     """An isolated atom among the training structures gives its element's E0 exactly (not a
     least-squares compromise); the other elements are fitted to what the isolated ones leave."""
     e0 = {H: -13.6, C: -1027.0, O: -2038.0}
-    rng = np.random.default_rng(1)
-    configs = []
-    for k in range(10):
-        counts = {H: int(rng.integers(1, 9)), C: int(rng.integers(1, 5)), O: int(rng.integers(0, 3))}
-        numbers = np.repeat(list(counts), list(counts.values()))
-        atoms = Atoms(numbers=numbers, positions=np.arange(3 * len(numbers)).reshape(-1, 3) * 1.0)
-        # binding energy: -0.3 eV per atom, which a plain fit would share out among the E0s
-        atoms.info["energy"] = sum(n * e0[z] for z, n in counts.items()) - 0.3 * len(numbers)
-        configs.append(atoms_to_configuration(atoms, {"energy": "energy"}, ["energy"], source=f"s{k}"))
+    # binding energy: -0.3 eV per atom, which a plain fit would share out among the E0s
+    configs = molecules_of_known_e0(e0, 10, seed=1, binding_per_atom=-0.3)
     for z in (H, O):
         atom = Atoms(numbers=[z], positions=[[0.0, 0.0, 0.0]])
         atom.info["energy"] = e0[z]
