@@ -70,12 +70,12 @@ def read_splits(config: Config) -> Splits:
         n_valid = max(1, int(round(d.valid_fraction * len(configs))))
         if n_valid >= len(configs) - int(single.sum()):
             raise DataError(f"{d.train}: {len(configs)} structures are too few to split off a validation set")
-        others = order[~single[order]]  # without single atoms, the split of earlier versions
+        others = order[~single[order]]  # without isolated atoms: the split of earlier versions
         valid = Subset(configs, others[:n_valid])
         order = np.concatenate([order[single[order]], others[n_valid:]])
     train = configs if d.valid and not single.any() else Subset(configs, order)
     if d.max_train is not None:
-        train = train[: int(single.sum()) + d.max_train] if single.any() else train[: d.max_train]
+        train = train[: int(single.sum()) + d.max_train]  # the isolated atoms come first and stay
     return Splits(train=train, valid=valid)
 
 
