@@ -58,10 +58,11 @@ def channel_product(irreps1: o3.Irreps, irreps2: o3.Irreps, irreps_out: o3.Irrep
     is faster than e3nn's TensorProduct (products into scalars only, and products of many
     paths; benchmarks/kernels.py products), e3nn's otherwise (few paths on many atoms)."""
     one_mul = len({mul for irreps in (irreps1, irreps2, irreps_out) for mul, _ in irreps}) == 1
-    if one_mul and instructions:
-        ours = ChannelProduct(irreps1, irreps2, irreps_out, instructions)
-        if ours.trace or ours.num_paths >= FUSED_MIN_PATHS:
-            return ours
+    # decided from the paths, so that no product is built twice: a product into scalars is
+    # ChannelProduct's dot-product (trace) form, l x l -> 0 having Clebsch–Gordan ∝ identity
+    into_scalars = all(o3.Irreps(irreps_out)[ins[2]].ir.l == 0 for ins in instructions)
+    if one_mul and instructions and (into_scalars or len(instructions) >= FUSED_MIN_PATHS):
+        return ChannelProduct(irreps1, irreps2, irreps_out, instructions)
     return o3.TensorProduct(irreps1, irreps2, irreps_out, instructions, shared_weights=False, internal_weights=False)
 
 
