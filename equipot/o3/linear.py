@@ -5,10 +5,13 @@
 shape (mul_i, mul_k) and α_k = (Σ_i mul_i)^(-1/2). e3nn generates code for it that goes through
 einsum. Traced with symbolic sizes (``make_fx`` in :mod:`equipot.model.compiled`, where every
 layer is traced through a force pass and that pass's own derivative), such a layer took 0.4–1.3 s
-of the trace and 82–218 graph nodes, against 0.2–0.5 s and 53–141 for the form here, per output
-irrep one matrix product W^T x over the channel axis (batched over atoms for l > 0, which in
-e3nn's channel-major layout needs no transposes), then one concatenation; evaluated eagerly it is
-3–13 % faster (``benchmarks/linear.py``, docs/benchmarks/linear.md). The weights,
+of the trace and 82–218 graph nodes, against 0.2–0.4 s and 59–165 for the form here, per output
+irrep one matrix product x W over the channel axis (for l > 0 with the rows of all atoms and m
+together: a transpose each side of the product, because a product per atom with the weights
+broadcast over atoms is a batched matmul of tiny matrices, 3–7x slower on the AMD machine and in
+the compiled energy + forces of the lmax 1 / 16-channel model at 960 atoms 72 against 62 ms),
+then one concatenation; evaluated eagerly it is as fast as e3nn's or faster
+(``benchmarks/linear.py``, docs/benchmarks/linear.md). The weights,
 their layout and normalisation are e3nn's (the module *is* an ``o3.Linear``, so model files are
 unchanged); ``tests/test_o3.py`` checks values and first and second derivatives against e3nn.
 """
@@ -66,7 +69,11 @@ class Linear(o3.Linear):
             if d == 1:
                 outs.append(xi @ w)
             else:  # (mul_out, mul_in) @ (n, mul_in, d): the result is in e3nn's channel-major layout
-                outs.append(torch.matmul(w.t(), xi.reshape(n, w.shape[0], d)).reshape(n, width))
+                # one matrix product over all atoms and m (a transpose each side), not a
+                # product per atom with the weights broadcast: that is a batched matmul of
+                # n tiny matrices, 3-7x slower on AMD CPUs
+                rows = xi.reshape(n, w.shape[0], d).transpose(1, 2).reshape(n * d, w.shape[0])
+                outs.append((rows @ w).view(n, d, w.shape[1]).transpose(1, 2).reshape(n, width))
         if not outs:
             return x.new_zeros(*shape, self.irreps_out.dim)
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
