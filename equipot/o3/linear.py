@@ -10,7 +10,7 @@ irrep one matrix product x W over the channel axis (for l > 0 with the rows of a
 together: a transpose each side of the product, because a product per atom with the weights
 broadcast over atoms is a batched matmul of tiny matrices, 3–7x slower on the AMD machine and in
 the compiled energy + forces of the lmax 1 / 16-channel model at 960 atoms 72 against 62 ms),
-then one concatenation; evaluated eagerly it is as fast as e3nn's or faster
+then one concatenation; evaluated eagerly it takes 0.85–1.15x e3nn's time
 (``benchmarks/linear.py``, docs/benchmarks/linear.md). The weights,
 their layout and normalisation are e3nn's (the module *is* an ``o3.Linear``, so model files are
 unchanged); ``tests/test_o3.py`` checks values and first and second derivatives against e3nn.
