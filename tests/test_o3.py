@@ -144,8 +144,8 @@ def test_channel_convolution_takes_the_cheap_contractions(float64_without_einsum
                 expected = ("identity_left" if l1 == 0 else "identity_right" if l2 == 0
                             else "trace" if l3 == 0 else "general")
                 assert kind == expected, (l1, l2, l3)
-                block = torch.randn(5, 2 * l2 + 1, 3, 2 * l1 + 1)
-                reference = torch.einsum("rjui,ijk->ruk", block, cg)
+                block = torch.randn(5, 2 * l2 + 1, 2 * l1 + 1, 3)
+                reference = torch.einsum("rjiu,ijk->ruk", block, cg)
                 got = _contract(block, kind, c, torch.zeros_like(cg))  # the shortcuts never read C
                 if kind == "general":
                     got = _contract(block, kind, c, cg)

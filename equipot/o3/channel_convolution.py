@@ -14,6 +14,12 @@ with its (neighbours × j) block of harmonics, done for all atoms as a batched m
 padded (atoms, slots) table (:func:`~equipot.o3.neighbour_slots`). The per-edge outer
 products and the per-edge messages that e3nn's TensorProduct writes and ``index_add`` reads
 back never exist. Paths are grouped by their harmonic l2, one batched matmul per group.
+
+Inside, features are m-major, (i, u) instead of e3nn's (u, i): the atoms' features are turned
+once, before the gather onto the edges, and the outputs once, per atom, after the contraction,
+so every per-edge operation (and its derivative) runs along the contiguous channel axis. In
+e3nn's layout Inductor compiled the per-edge products and their derivatives into loops of
+strided gathers with an integer division per element.
 ``tests/test_o3.py`` checks the result and its first and second derivatives against e3nn;
 ``benchmarks/kernels.py`` times both.
 """
@@ -58,16 +64,19 @@ class ChannelConvolution(nn.Module):
             ir1, ir2, ir3 = self.irreps_in[i_in].ir, self.irreps_sh[i_sh].ir, self.irreps_out[i_out].ir
             if ir3 not in ir1 * ir2 or self.irreps_out[i_out].mul != self.mul:
                 raise ValueError(f"path {ir1} x {ir2} -> {self.irreps_out[i_out]} is not a channel-wise product")
-            groups.setdefault(i_sh, []).append((k, in_slices[i_in], ir1, i_out, ir3))
+            groups.setdefault(i_sh, []).append((k, i_in, ir1, i_out, ir3))
         self.groups: List[Tuple[slice, list]] = []
         for i_sh, paths in sorted(groups.items()):
             entries = []
-            for k, in_slice, ir1, i_out, ir3 in paths:
+            for k, i_in, ir1, i_out, ir3 in paths:
                 # e3nn, component normalisation, one path per output: sqrt(d3) · C (wigner_3j)
                 cg = o3.wigner_3j(ir1.l, self.irreps_sh[i_sh].ir.l, ir3.l, dtype=torch.float64) * sqrt(ir3.dim)
                 name = f"cg_{k}"
                 self.register_buffer(name, cg.to(torch.get_default_dtype()), persistent=False)
-                entries.append((k, in_slice, ir1.dim, i_out, ir3.dim, name, _structure(cg)))
+                # the input's rows in the m-major features (atoms, Σ 2l+1, u)
+                start = sum(ir.dim for _, ir in self.irreps_in[:i_in])
+                rows = slice(start, start + ir1.dim)
+                entries.append((k, rows, ir1.dim, i_out, ir3.dim, name, _structure(cg)))
             self.groups.append((sh_slices[i_sh], entries))
         self.out_slices = self.irreps_out.slices()
 
@@ -81,7 +90,10 @@ class ChannelConvolution(nn.Module):
         table: NeighbourTable,  # neighbour_slots(edge_dst, N)
     ) -> torch.Tensor:  # (N, irreps_out.dim)
         n, e, u = x.shape[0], sh.shape[0], self.mul
-        xs = x[edge_src]  # (E, irreps_in.dim): the only gather of features onto edges
+        # m-major: (atoms, Σ 2l+1, u), turned per atom, then the only gather onto the edges
+        x_m = torch.cat([x[:, s].view(n, u, ir.dim).transpose(1, 2)
+                         for s, (_, ir) in zip(self.irreps_in.slices(), self.irreps_in)], dim=1)
+        xs = x_m[edge_src]  # (E, Σ 2l+1, u)
         # one view per path: unbind's backward stacks the gradients, where slicing would fill a
         # zero tensor of the weights' size per path
         w = weight.view(e, self.num_paths, u).unbind(1)
@@ -92,23 +104,23 @@ class ChannelConvolution(nn.Module):
             y = sh[:, sh_slice]
             if y.shape[1] == 1:  # l2 = 0: a plain sum over the edges, no table needed
                 # Y_0 goes on the weights (E, u), not on the wider weighted features
-                z = torch.cat([((w[k] * y)[:, :, None] * xs[:, s].view(e, u, d1)).reshape(e, u * d1)
-                               for k, s, d1, _, _, _, _ in entries], dim=1)
+                z = torch.cat([((w[k] * y)[:, None, :] * xs[:, r]).reshape(e, d1 * u)
+                               for k, r, d1, _, _, _, _ in entries], dim=1)
                 m = z.new_zeros(n, z.shape[1]).index_add(0, edge_dst, z).unsqueeze(1)
                 if table.rows is not None:
                     m = m[table.rows]
             else:
-                # per edge: w_p[u] · x_src[u, i] for every path of this harmonic, side by side
-                z = torch.cat([(w[k][:, :, None] * xs[:, s].view(e, u, d1)).reshape(e, u * d1)
-                               for k, s, d1, _, _, _, _ in entries], dim=1)
+                # per edge: w_p[u] · x_src[i, u] for every path of this harmonic, side by side
+                z = torch.cat([(w[k][:, None, :] * xs[:, r]).reshape(e, d1 * u)
+                               for k, r, d1, _, _, _, _ in entries], dim=1)
                 padded_z = z.new_zeros(rows, table.num_slots, z.shape[1]).index_put(where, z)
                 padded_y = y.new_zeros(rows, table.num_slots, y.shape[1]).index_put(where, y)
-                m = torch.bmm(padded_y.transpose(1, 2), padded_z)  # (rows, j, Σ u·i)
+                m = torch.bmm(padded_y.transpose(1, 2), padded_z)  # (rows, j, Σ i·u)
             start = 0
-            for k, s, d1, i_out, d3, name, (kind, c) in entries:
-                block = m[:, :, start:start + u * d1].reshape(rows, -1, u, d1)  # (rows, j, u, i)
-                start += u * d1
-                out = _contract(block, kind, c, getattr(self, name).to(x.dtype))
+            for k, r, d1, i_out, d3, name, (kind, c) in entries:
+                block = m[:, :, start:start + d1 * u].reshape(rows, -1, d1, u)  # (rows, j, i, u)
+                start += d1 * u
+                out = _contract(block, kind, c, getattr(self, name).to(x.dtype))  # (rows, u, k)
                 outputs[i_out] = out.reshape(rows, u * d3)
         out = torch.cat(outputs, dim=1)
         if table.rows is not None:
@@ -132,11 +144,11 @@ def _structure(cg: torch.Tensor) -> Tuple[str, float]:
 
 
 def _contract(block: torch.Tensor, kind: str, c: float, cg: torch.Tensor) -> torch.Tensor:
-    """Σ_ij C[i, j, k] block[r, j, u, i] -> (r, u, k), with the shortcut ``kind`` allows."""
+    """Σ_ij C[i, j, k] block[r, j, i, u] -> (r, u, k), with the shortcut ``kind`` allows."""
     if kind == "identity_left":  # l1 = 0: C[0, j, k] = c δ_jk
-        return block[..., 0].transpose(1, 2) * c
+        return block[:, :, 0].transpose(1, 2) * c
     if kind == "identity_right":  # l2 = 0: C[i, 0, k] = c δ_ik
-        return block[:, 0] * c
+        return block[:, 0].transpose(1, 2) * c
     if kind == "trace":  # l3 = 0, l1 = l2: C[i, j, 0] = c δ_ij
-        return torch.diagonal(block, dim1=1, dim2=3).sum(-1, keepdim=True) * c
-    return torch.einsum("rjui,ijk->ruk", block, cg)
+        return torch.diagonal(block, dim1=1, dim2=2).sum(-1, keepdim=True) * c
+    return torch.einsum("rjiu,ijk->ruk", block, cg)
