@@ -231,7 +231,7 @@ def test_every_e3nn_submodule(potential, graph_inputs):
     # the convolutions of inputs of one multiplicity are our own kernels (tested below, in
     # the whole layer, and against e3nn in test_o3.py)
     e3nn_convs = [layer for layer in potential.energy_model.layers
-                  if not (layer.scalar_messages or layer.channel_messages)]
+                  if not layer.channel_messages]
     assert sum(".conv" in c for c in checked) == len(e3nn_convs)
     # the node products are ours (ChannelProduct) where that is faster, e3nn's otherwise
     product_kinds = {type(p).__name__ for layer in potential.energy_model.layers for p in layer.product.products}

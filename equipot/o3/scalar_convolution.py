@@ -10,6 +10,11 @@ one. Laying the edges of each atom out in a padded (atoms, slots) table turns th
 into one batched matmul, so the per-edge tensor never has the width paths·channels·m that
 e3nn's TensorProduct followed by ``index_add`` writes and reads back (benchmarks/kernels.py).
 ``tests/test_o3.py`` checks the result against e3nn.
+
+The model no longer uses this kernel: :class:`~equipot.o3.ChannelConvolution` takes scalar
+inputs too and is faster (docs/benchmarks/kernels.md, and the compiled energy + forces of a
+model with scalar messages); it stays as the second reference in ``benchmarks/kernels.py``, and
+this module keeps the neighbour table both kernels use.
 """
 
 from math import sqrt
