@@ -44,6 +44,8 @@ EQUIPOT_MODELS = {  # label: model settings (as in benchmarks/accuracy.py)
     "equipot lmax 1, 16 ch, mixed products": {"lmax": 1, "channels": 16, "product_mixing": True},
     "equipot lmax 1, 32 ch": {"lmax": 1, "channels": 32},
     "equipot lmax 1, 32 ch, scalar messages": {"lmax": 1, "channels": 32, "message_lmax": 0},
+    "equipot lmax 1, 32 ch, scalar messages, mixed products": {"lmax": 1, "channels": 32, "message_lmax": 0,
+                                                               "product_mixing": True},
     "equipot lmax 2, 32 ch": {"lmax": 2, "channels": 32},
 }
 PEER_LABELS = {"mace": "MACE 2 layers, 64x0e+64x1o, max_ell 3", "nequip": "NequIP 3 layers, 32 features, l_max 1"}
@@ -110,7 +112,8 @@ def speed(args) -> None:
             label += ", compiled"
         results[label] = [run_json([sys.executable, str(REPO / "benchmarks" / "speed.py"), path, "--one", "--threads",
                                     str(args.threads), "--dtype", args.dtype, "--sizes", str(n), "--repeats",
-                                    str(args.repeats)] + (["--compile"] if args.compile else []), env)
+                                    str(args.repeats)] + (["--compile"] if args.compile else [])
+                                   + (["--no-tabulate"] if args.no_tabulate else []), env)
                           for n in args.sizes]
         print(label, [round(r.get("us_per_atom", float("nan")), 1) for r in results[label]], flush=True)
     versions = {}
@@ -144,6 +147,8 @@ def speed(args) -> None:
                 notes.append(f"{n} atoms: {r['error']}")
                 continue
             cells.append(f"{r['us_per_atom']:.0f} µs · {r['peak_mb']:.0f} MB")
+            if r.get("radial_tables") and "radial networks tabulated" not in notes:
+                notes.append("radial networks tabulated")
             if label.endswith(", compiled") and r.get("first_call_s"):  # the trace and compile, not timed above
                 notes.append(f"{n} atoms: first call (compile) {r['first_call_s']:.0f} s")
             base = {"model": label.split()[0].lower(), "variant": label, "dataset": "acac-box", "dtype": args.dtype,
@@ -335,6 +340,8 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=None, choices=sorted(EQUIPOT_MODELS),
                    help="equipot models to time (default all)")
     p.add_argument("--tag", default="", help="suffix of the output name (keeps another machine's table)")
+    p.add_argument("--no-tabulate", action="store_true",
+                   help="equipot through EquipotCalculator(tabulate=False): radial networks, not tables (float32 default)")
     p.add_argument("--compile", action="store_true",
                    help="equipot through EquipotCalculator(compile=True) (the compile, at the first call, is not timed)")
     args = p.parse_args()

@@ -16,6 +16,7 @@ import resource
 import subprocess
 import sys
 import time
+from typing import Optional
 
 import numpy as np
 
@@ -91,7 +92,8 @@ def peak_rss_since_reset() -> float | None:
     return None
 
 
-def measure(model: str, n_atoms: int, threads: int, dtype: str, repeats: int, compile: bool = False) -> dict:
+def measure(model: str, n_atoms: int, threads: int, dtype: str, repeats: int, compile: bool = False,
+            tabulate: Optional[bool] = None) -> dict:
     import torch
 
     from equipot import EquipotCalculator
@@ -102,7 +104,8 @@ def measure(model: str, n_atoms: int, threads: int, dtype: str, repeats: int, co
 
         inductor_config.force_disable_caches = True
     atoms = acac_box(max(1, n_atoms // 15))
-    atoms.calc = EquipotCalculator(model, dtype=dtype, compile=compile)
+    atoms.calc = EquipotCalculator(model, dtype=dtype, compile=compile, tabulate=tabulate)
+    tabulated = bool(getattr(atoms.calc.model.energy_model, "radial_tabulated", False))
     times, first, steps_peak_mb = [], None, None
     for k in range(repeats + 2):
         atoms.positions += 1e-4  # a new geometry each call, as in MD
@@ -121,13 +124,14 @@ def measure(model: str, n_atoms: int, threads: int, dtype: str, repeats: int, co
     from peer_worker import count_gflop  # the same count as the peers'
 
     if compile:  # the counter is a dispatch mode, which compiled code cannot run under: count the eager model
-        atoms.calc = EquipotCalculator(model, dtype=dtype)
+        atoms.calc = EquipotCalculator(model, dtype=dtype, tabulate=tabulate)
     gflop = count_gflop(atoms)
     from equipot.data import neighbor_list
 
     n_edges = len(neighbor_list(atoms.positions, np.array(atoms.cell), atoms.pbc, 5.0)[0])
     return {"n_atoms": len(atoms), "latency_ms": 1000 * median, "us_per_atom": 1e6 * median / len(atoms),
-            "peak_mb": peak_mb, "steps_peak_mb": steps_peak_mb, "neighbors_5A": n_edges / len(atoms), "gflop": gflop, "first_call_s": first}
+            "peak_mb": peak_mb, "steps_peak_mb": steps_peak_mb, "neighbors_5A": n_edges / len(atoms), "gflop": gflop, "first_call_s": first,
+            "radial_tables": tabulated}
 
 
 def main() -> None:
@@ -139,15 +143,19 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--tag", default="equipot")
     p.add_argument("--compile", action="store_true", help="EquipotCalculator(compile=True); the compile is not timed")
+    p.add_argument("--no-tabulate", action="store_true",
+                   help="EquipotCalculator(tabulate=False): the radial networks, not their tables (float32 default)")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child process
     args = p.parse_args()
     if args.one:
-        print(json.dumps(measure(args.model, args.sizes[0], args.threads, args.dtype, args.repeats, args.compile)))
+        print(json.dumps(measure(args.model, args.sizes[0], args.threads, args.dtype, args.repeats, args.compile,
+                                 False if args.no_tabulate else None)))
         return
     records, rows = [], []
     for n in args.sizes:
         cmd = [sys.executable, __file__, args.model, "--one", "--threads", str(args.threads), "--dtype", args.dtype,
-               "--sizes", str(n), "--repeats", str(args.repeats)] + (["--compile"] if args.compile else [])
+               "--sizes", str(n), "--repeats", str(args.repeats)] + (["--compile"] if args.compile else []) \
+            + (["--no-tabulate"] if args.no_tabulate else [])
         r = json.loads(subprocess.check_output(cmd, text=True).strip().splitlines()[-1])
         rows.append(r)
         base = {"model": "equipot", "variant": args.tag, "dataset": "acac-box", "dtype": args.dtype,
@@ -169,7 +177,8 @@ def main() -> None:
     md = [f"# Speed: {args.tag}, {args.dtype}, {args.threads} thread(s)", "",
           f"Machine: {machine(args.threads)['cpu']}. Energy + forces through the ASE calculator, neighbour list "
           f"included; median of {args.repeats} calls. Command: `python benchmarks/speed.py MODEL --threads {args.threads} --dtype {args.dtype}"
-          + (" --compile" if args.compile else "") + "`. Peak RSS: of the whole process (with --compile, the compiler's own memory too), and over "
+          + (" --compile" if args.compile else "") + (" --no-tabulate" if args.no_tabulate else "")
+          + f"`; radial networks {'tabulated' if rows[0].get('radial_tables') else 'evaluated'}. Peak RSS: of the whole process (with --compile, the compiler's own memory too), and over "
           "the calls after the first (the steps alone; Linux only)", "",
           "| atoms | ms/call | µs/atom/step | peak RSS (MB) | peak RSS of the steps (MB) | first call (s) |",
           "|---|---|---|---|---|---|"]

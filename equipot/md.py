@@ -42,12 +42,14 @@ def run_md(
     progress: bool = True,
     total_charge: Optional[float] = None,
     compile: bool = False,
+    tabulate: Optional[bool] = None,
 ) -> MDResult:
     if ensemble not in ("nve", "nvt"):
         raise ValueError(f"ensemble must be 'nve' or 'nvt', got {ensemble!r}")
     atoms = ase.io.read(structure_path, index=0)
-    # total charge: else atoms.info, else 0; compile: see EquipotCalculator
-    atoms.calc = EquipotCalculator(model_path, dtype=dtype, total_charge=total_charge, compile=compile)
+    # total charge: else atoms.info, else 0; compile, tabulate: see EquipotCalculator
+    atoms.calc = EquipotCalculator(model_path, dtype=dtype, total_charge=total_charge, compile=compile,
+                                   tabulate=tabulate)
     rng = np.random.default_rng(seed)
     # thermalize_momenta is ASE >= 3.29's name for MaxwellBoltzmannDistribution
     thermalize = getattr(velocitydistribution, "thermalize_momenta", None) or velocitydistribution.MaxwellBoltzmannDistribution

@@ -5,6 +5,7 @@ energies, forces, stress and typed outputs, and the same gradients of a loss on 
 (the trace turns the force pass into ordinary operations, so this checks the second derivatives).
 """
 
+import copy
 import dataclasses
 import os
 
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from equipot.config import ModelConfig, OutputConfig
-from equipot.data import Statistics, make_batch
+from equipot.data import Statistics, make_batch, to_graph
 from equipot.model import build_model
 from equipot.model.compiled import CompiledPotential
 
@@ -264,3 +265,20 @@ def test_data_statistics_are_inputs_of_the_trace(float64_without_einsum_search, 
     # and the first model's graph, given the second model's weights and statistics, is the second model
     with torch.enable_grad():
         torch.testing.assert_close(traced[0](weights[1], graph.positions), energies[1], rtol=1e-12, atol=1e-12)
+
+
+def test_compiled_trace_with_radial_tables(model):
+    """Tabulated radial networks (EnergyModel.tabulate_radial) in the trace: a graph of their own."""
+    tabulated = copy.deepcopy(model).eval()  # tables are for eval mode
+    compiled = CompiledPotential(tabulated, inference=True, backend="eager")
+    rng = np.random.default_rng(5)
+    graph = to_graph(random_structure(rng, 7, cell=triclinic_cell(rng, length=3.4)), R_MAX)
+    networks = compiled(graph)
+    tabulated.energy_model.tabulate_radial(1e-9)
+    tables = compiled(graph)
+    assert len(compiled._graphs) == 2  # a graph of its own once tabulated
+    want = tabulated(graph)
+    torch.testing.assert_close(tables["forces"], want["forces"], rtol=1e-10, atol=1e-12)
+    scale = float(networks["forces"].abs().max())
+    torch.testing.assert_close(tables["forces"], networks["forces"], rtol=0, atol=1e-7 * scale)
+    assert not torch.equal(tables["forces"], networks["forces"])

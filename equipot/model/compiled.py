@@ -135,8 +135,9 @@ class CompiledPotential:
         # a batch with such a size anywhere (one structure, one atom, no edges, one atom with
         # neighbours, ...) gets a graph of its own
         sizes = tuple(min(d, 2) for t in tensors for d in t.shape) + (min(slots, 2),)
+        tabulated = getattr(self.potential.energy_model, "radial_tabulated", False)
         key = (edges is not None, edges is not None and edges.mirrored, rows, sizes, graph.positions.dtype,
-               graph.positions.device)
+               graph.positions.device, tabulated)
         named = dict(self._evaluate.named_parameters())
         named.update(self._evaluate.named_buffers())
         # no duck sizing: sizes that happen to be equal in one batch (3 structures and the 3 of
@@ -147,7 +148,7 @@ class CompiledPotential:
             if first:
                 if self._graphs:
                     warnings.warn(f"{type(self).__name__}: a batch of a new kind (no neighbours for some atom, "
-                                  "one atom, one neighbour list entry, ...): compiling another graph, which "
+                                  "one atom, one neighbour list entry, radial tables on or off, ...): compiling another graph, which "
                                   "takes minutes", stacklevel=3)
                 with torch.enable_grad():  # the trace takes the derivatives with autograd
                     self._graphs[key] = self._compile(key, named, tensors, slots)

@@ -84,6 +84,8 @@ class Potential(nn.Module):
     def layout(self, graph: AtomicGraph) -> GraphLayout:
         """The checks and index work that read a batch's values back (see :meth:`evaluate`)."""
         species = self.species_index(graph.numbers)
+        if hasattr(self.energy_model, "refresh_radial_tables"):
+            self.energy_model.refresh_radial_tables()
         # mirrored halves are read off the image shifts, which the vectors follow exactly
         edges = self.energy_model.edge_layout(graph.edge_shift, graph.edge_src, graph.edge_dst, graph.n_atoms)
         return GraphLayout(species, edges)

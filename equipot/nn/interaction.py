@@ -156,6 +156,9 @@ class Interaction(nn.Module):
             self.conv = o3.TensorProduct(self.irreps_in, irreps_sh, irreps_mid, instructions,
                                          shared_weights=False, internal_weights=False)
         self.radial = RadialNetwork([num_basis] + list(radial_hidden) + [self.conv.weight_numel])
+        # for inference, a table of the radial network as a function of the edge length
+        # (EnergyModel.tabulate_radial); derived from the weights, never saved
+        self.radial_table = None
         self.linear_msg = Linear(irreps_mid, irreps_hidden)
         self.gate = make_gate(self.irreps_out)
         # only the irreps the gate reads are formed by the products
@@ -176,14 +179,17 @@ class Interaction(nn.Module):
         species_onehot: torch.Tensor,  # (N, num_species)
         species: torch.Tensor,  # (N,) species index
         edge_sh: torch.Tensor,  # (E, irreps_sh.dim)
-        edge_radial: torch.Tensor,  # (E, num_basis), already enveloped
+        edge_radial: torch.Tensor,  # (E, num_basis), already enveloped; with radial_table, (E,) lengths
         edge_src: torch.Tensor,
         edge_dst: torch.Tensor,
         table: NeighbourTable,  # neighbour_slots(edge_dst, N): each edge's place among its atom's
         mirrored: bool = False,  # edge_radial holds the first of two mirrored halves of the edges
     ) -> torch.Tensor:
         up = self.linear_up(h)
-        weights = self.radial(edge_radial)
+        if edge_radial.dim() == 1:  # edge lengths: the tabulated radial network
+            weights = self.radial_table(edge_radial)
+        else:
+            weights = self.radial(edge_radial)
         if mirrored:
             weights = torch.cat([weights, weights])
         if self.channel_messages:

@@ -89,3 +89,77 @@ class RadialNetwork(nn.Module):
             if k < last:
                 x = torch.nn.functional.silu(x)
         return x
+
+
+class RadialTable(nn.Module):
+    """A smooth function of the edge length, f: (E,) -> (E, C), as a table of cubic pieces.
+
+    Built once from ``fn`` (evaluated in float64) on K equal intervals of [0, r_max]: each piece
+    is the cubic Hermite interpolant of f and f' at its two ends, so the table and its derivative
+    are continuous, and forces taken from it by autograd are exactly the derivative of the
+    tabulated energy (MD with it conserves energy). K doubles from 64 until, at points between
+    the knots, both the values and the derivatives differ from ``fn``'s by at most ``tolerance``
+    times their largest magnitude (the error of a cubic Hermite piece falls as K⁻⁴, of its
+    derivative as K⁻³). Beyond r_max the table is zero, as are the radial networks there (their
+    basis carries the cutoff envelope).
+
+    For inference: one lookup and a cubic per edge replace the radial basis and an MLP per
+    layer, their matmuls and activations and, for forces, the backward pass through them.
+    ``fn`` must be smooth on [0, r_max] (sin(k r)/r is, at r = 0 too).
+    """
+
+    def __init__(self, fn, r_max: float, dtype: torch.dtype, tolerance: float = 1e-7, device=None,
+                 max_bytes: int = 64 * 2**20):
+        super().__init__()
+        self.r_max, self.tolerance = float(r_max), float(tolerance)
+        intervals, itemsize = 64, torch.empty((), dtype=dtype).element_size()
+        while True:
+            coeffs, error = self._build(fn, intervals)
+            if error <= self.tolerance:
+                break
+            # the error falls as K⁻³ (the slopes'): jump to the K that should meet the tolerance
+            factor = max(2, 2 ** math.ceil(math.log2(1.1 * (error / self.tolerance) ** (1 / 3))))
+            if factor * coeffs.numel() * itemsize > max_bytes:
+                raise ValueError(f"a radial table within relative error {tolerance:g} needs more than "
+                                 f"{max_bytes / 2**20:.0f} MiB ({error:.2g} with {intervals} intervals)")
+            intervals *= factor
+        self.intervals, self.error = intervals, error
+        self.register_buffer("coeffs", coeffs.to(dtype=dtype, device=device), persistent=False)
+
+    def _build(self, fn, intervals: int):
+        """Power-form coefficients (K, 4, C) of the pieces, f = c0 + c1 s + c2 s² + c3 s³ with s
+        in [0, 1] along the piece, and the largest relative error of values and derivatives."""
+        h = self.r_max / intervals
+        knots = torch.linspace(0.0, self.r_max, intervals + 1, dtype=torch.float64)
+        # the Bessel basis is 0/0 at r = 0 (with a finite limit): value and slope there are
+        # extrapolated from r = ε and 2ε (errors O(ε³) and O(ε²))
+        eps = 1e-2 * h
+        knots[0] = eps
+        knots = torch.cat([torch.tensor([2 * eps], dtype=torch.float64), knots])
+        with torch.no_grad():
+            f, df = torch.func.jvp(fn, (knots,), (torch.ones_like(knots),))
+        f = torch.cat([((4 * f[1] - f[0]) / 3)[None], f[2:]])
+        df = torch.cat([(2 * df[1] - df[0])[None], df[2:]])
+        f0, f1, m0, m1 = f[:-1], f[1:], h * df[:-1], h * df[1:]
+        coeffs = torch.stack([f0, m0, 3 * (f1 - f0) - 2 * m0 - m1, 2 * (f0 - f1) + m0 + m1], dim=1)
+        # checked between the knots, where a piece is furthest from them
+        s = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)
+        r = (h * torch.arange(intervals, dtype=torch.float64)[:, None] + h * s).flatten()
+        with torch.no_grad():
+            exact, exact_d = torch.func.jvp(fn, (r,), (torch.ones_like(r),))
+        c = coeffs.repeat_interleave(len(s), dim=0)
+        t = s.repeat(intervals)[:, None]
+        value = ((c[:, 3] * t + c[:, 2]) * t + c[:, 1]) * t + c[:, 0]
+        slope = ((3 * c[:, 3] * t + 2 * c[:, 2]) * t + c[:, 1]) / h
+        error = max(float((value - exact).abs().max() / f.abs().max().clamp_min(1e-300)),
+                    float((slope - exact_d).abs().max() / df.abs().max().clamp_min(1e-300)))
+        return coeffs, error
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:  # (E,) -> (E, C)
+        t = r * (self.intervals / self.r_max)
+        # (a NaN length, of two atoms on one spot, stays NaN in the value, not a bad index)
+        piece = t.floor().clamp(0, self.intervals - 1).nan_to_num(0.0).long()
+        s = (t - piece)[:, None]
+        c = self.coeffs[piece]
+        value = ((c[:, 3] * s + c[:, 2]) * s + c[:, 1]) * s + c[:, 0]
+        return value * (r < self.r_max)[:, None]
