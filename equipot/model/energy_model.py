@@ -137,7 +137,7 @@ class EnergyModel(ShiftedEnergies):
         self._init_shift(atomic_shift, atomic_scale)
         self._radial_source = None  # what the radial tables were built from (tabulate_radial)
 
-    def tabulate_radial(self, tolerance: float = 1e-7) -> None:
+    def tabulate_radial(self, tolerance: float = 1e-7, max_bytes: int = 64 * 2**20) -> None:
         """Evaluate each layer's radial network from a table of cubic pieces of the edge length
         (:class:`~equipot.nn.RadialTable`, within ``tolerance`` of the network relative to its
         largest value and slope) when the model is in eval mode; training mode ignores the
@@ -145,14 +145,18 @@ class EnergyModel(ShiftedEnergies):
         energy + forces take about a third less time (the radial networks' matmuls and their
         backward pass were that share of a step). The tables follow the weights: changed
         weights (an optimiser step, load_state_dict, a change of dtype) rebuild them at the
-        next call. :meth:`untabulate_radial` goes back to the networks."""
+        next call. :meth:`untabulate_radial` goes back to the networks. Raises ValueError (and
+        keeps the networks) if the tables would take more than ``max_bytes`` together."""
         dtype, device = self.atomic_scale.dtype, self.atomic_scale.device
         basis = copy.deepcopy(self.radial).to(device="cpu", dtype=torch.float64)
+        tables = []
         for layer in self.layers:
             net = copy.deepcopy(layer.radial).to(device="cpu", dtype=torch.float64)
-            layer.radial_table = RadialTable(lambda r, net=net: net(basis(r)), self.radial.basis.r_max, dtype,
-                                             tolerance, device=device)
-        self._radial_source = (tolerance, self._radial_fingerprint())
+            tables.append(RadialTable(lambda r, net=net: net(basis(r)), self.radial.basis.r_max, dtype, tolerance,
+                                      device=device, max_bytes=max_bytes // len(self.layers)))
+        for layer, table in zip(self.layers, tables):
+            layer.radial_table = table
+        self._radial_source = (tolerance, max_bytes, self._radial_fingerprint())
 
     def untabulate_radial(self) -> None:
         for layer in self.layers:
@@ -166,8 +170,8 @@ class EnergyModel(ShiftedEnergies):
 
     def refresh_radial_tables(self) -> None:
         """Rebuild the radial tables if the weights they were built from changed (eager only)."""
-        if self._radial_source is not None and self._radial_source[1] != self._radial_fingerprint():
-            self.tabulate_radial(self._radial_source[0])
+        if self._radial_source is not None and self._radial_source[2] != self._radial_fingerprint():
+            self.tabulate_radial(*self._radial_source[:2])
 
     def _radial_fingerprint(self) -> tuple:
         params = list(self.radial.parameters()) + [p for layer in self.layers for p in layer.radial.parameters()]

@@ -117,8 +117,9 @@ class RadialTable(nn.Module):
             coeffs, error = self._build(fn, intervals)
             if error <= self.tolerance:
                 break
-            # the error falls as K⁻³ (the slopes'): jump to the K that should meet the tolerance
-            factor = max(2, 2 ** math.ceil(math.log2(1.1 * (error / self.tolerance) ** (1 / 3))))
+            # the error falls as K⁻³ (the slopes'): towards the K that should meet the tolerance,
+            # at most 8× at a time (coarse tables are not yet on that law)
+            factor = min(8, max(2, 2 ** math.ceil(math.log2(1.1 * (error / self.tolerance) ** (1 / 3)))))
             if factor * coeffs.numel() * itemsize > max_bytes:
                 raise ValueError(f"a radial table within relative error {tolerance:g} needs more than "
                                  f"{max_bytes / 2**20:.0f} MiB ({error:.2g} with {intervals} intervals)")
