@@ -32,7 +32,8 @@ class EquipotCalculator(Calculator):
     ``tabulate=True`` evaluates the radial networks from tables of the edge length within 1e-7 of
     them, below float32's rounding (:meth:`~equipot.model.EnergyModel.tabulate_radial`):
     compiled energy + forces of 960 atoms took 1.3-2× less time for lmax 1 models, none less for
-    lmax 2 / 32 channels, whose tables (14 MiB) no longer sit in cache. By default float32
+    lmax 2 / 32 channels, whose tables (14 MiB) no longer sit in cache; evaluated eagerly, no
+    model was faster with them (benchmarks/radial_table.py). By default, compiled float32
     models with tables of at most 8 MiB are tabulated. Tabulating changes the models given as
     Potentials in place (their tables are used in eval mode only).
 
@@ -67,7 +68,7 @@ class EquipotCalculator(Calculator):
         check_committee(self.models)
         default = tabulate is None
         if default:
-            tabulate = self.models[0].dtype == torch.float32
+            tabulate = compile and self.models[0].dtype == torch.float32
         for m in self.models:
             if tabulate and hasattr(m.energy_model, "tabulate_radial"):
                 try:  # by default only tables small enough to stay in cache (see above)

@@ -140,7 +140,7 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--compile", action="store_true",
                    help="trace and compile the model first (minutes; cached for later runs): faster steps for long runs")
     m.add_argument("--no-tabulate", action="store_true",
-                   help="float32: evaluate the radial networks instead of their tables (within 1e-7 of them, faster)")
+                   help="with --compile and float32: the radial networks instead of their tables (within 1e-7 of them, faster)")
     m.set_defaults(func=_md)
 
     c = sub.add_parser("convert", help="store a data file as HDF5 for training that reads structures on demand")

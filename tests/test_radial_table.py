@@ -170,21 +170,22 @@ def test_tables_stay_out_of_model_files(model, tmp_path):
     assert not loaded.energy_model.radial_tabulated
 
 
-def test_calculator_tabulates_float32_models_only(model):
+def test_calculator_tabulates_compiled_float32_models(model):
     from ase import Atoms
 
     from equipot import EquipotCalculator
 
+    def tabulated(**kwargs):
+        return EquipotCalculator(copy.deepcopy(model), **kwargs).model.energy_model.radial_tabulated
+
+    # by default where the tables pay: compiled float32 (constructing compiles nothing)
+    assert tabulated(dtype="float32", compile=True)
+    assert not tabulated(dtype="float32", compile=True, tabulate=False)
+    assert not tabulated(dtype="float32") and not tabulated() and not tabulated(compile=True)
     config = _structures()[1]
     atoms = Atoms(numbers=config.numbers, positions=config.positions)
-    exact = EquipotCalculator(copy.deepcopy(model))
-    assert not exact.model.energy_model.radial_tabulated
-    single = EquipotCalculator(copy.deepcopy(model), dtype="float32")
-    assert single.model.energy_model.radial_tabulated
-    plain = EquipotCalculator(copy.deepcopy(model), dtype="float32", tabulate=False)
-    assert not plain.model.energy_model.radial_tabulated
-    forces = exact.get_forces(atoms)
-    scale = abs(forces).max()
-    for calc in (single, plain):
-        assert abs(calc.get_forces(atoms) - forces).max() < 1e-5 * scale
-
+    forces = EquipotCalculator(copy.deepcopy(model)).get_forces(atoms)
+    for tabulate in (True, False):
+        calc = EquipotCalculator(copy.deepcopy(model), dtype="float32", tabulate=tabulate)
+        assert calc.model.energy_model.radial_tabulated == tabulate
+        assert abs(calc.get_forces(atoms) - forces).max() < 1e-5 * abs(forces).max()
