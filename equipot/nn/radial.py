@@ -97,10 +97,10 @@ class RadialTable(nn.Module):
     Built once from ``fn`` (evaluated in float64) on K equal intervals of [0, r_max]: each piece
     is the cubic Hermite interpolant of f and f' at its two ends, so the table and its derivative
     are continuous, and forces taken from it by autograd are exactly the derivative of the
-    tabulated energy (MD with it conserves energy). K doubles from 64 until, at points between
-    the knots, both the values and the derivatives differ from ``fn``'s by at most ``tolerance``
-    times their largest magnitude (the error of a cubic Hermite piece falls as K⁻⁴, of its
-    derivative as K⁻³). Beyond r_max the table is zero, as are the radial networks there (their
+    tabulated energy (MD with it conserves energy). K grows from 64, by powers of two, until at
+    points between the knots both the values and the derivatives differ from ``fn``'s by at most
+    ``tolerance`` times their largest magnitude (the error of a cubic Hermite piece falls as K⁻⁴,
+    of its derivative as K⁻³, which sets each step, at most 8×). Beyond r_max the table is zero, as are the radial networks there (their
     basis carries the cutoff envelope).
 
     For inference: one lookup and a cubic per edge replace the radial basis and an MLP per
