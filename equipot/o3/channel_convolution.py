@@ -52,7 +52,7 @@ class ChannelConvolution(nn.Module):
         self.mul = muls.pop()
         if sorted(ins[2] for ins in instructions) != list(range(len(self.irreps_out))):
             raise ValueError("ChannelConvolution needs exactly one instruction per output irrep")
-        in_slices, sh_slices = self.irreps_in.slices(), self.irreps_sh.slices()
+        sh_slices = self.irreps_sh.slices()
         self.num_paths = len(instructions)
         self.weight_numel = self.num_paths * self.mul
         # groups of paths sharing a harmonic block: (sh slice, [(path, input slice, d1, output, d3,
