@@ -124,7 +124,7 @@ def measure(model: str, n_atoms: int, threads: int, dtype: str, repeats: int, co
     from peer_worker import count_gflop  # the same count as the peers'
 
     if compile:  # the counter is a dispatch mode, which compiled code cannot run under: count the eager model
-        atoms.calc = EquipotCalculator(model, dtype=dtype, tabulate=tabulate)
+        atoms.calc = EquipotCalculator(model, dtype=dtype, tabulate=tabulated)  # the timed model's radial form
     gflop = count_gflop(atoms)
     from equipot.data import neighbor_list
 
