@@ -341,7 +341,7 @@ def main() -> None:
                    help="equipot models to time (default all)")
     p.add_argument("--tag", default="", help="suffix of the output name (keeps another machine's table)")
     p.add_argument("--no-tabulate", action="store_true",
-                   help="equipot through EquipotCalculator(tabulate=False): radial networks, not tables (float32 default)")
+                   help="equipot through EquipotCalculator(tabulate=False): radial networks, not tables (the default of compiled float32 evaluation)")
     p.add_argument("--compile", action="store_true",
                    help="equipot through EquipotCalculator(compile=True) (the compile, at the first call, is not timed)")
     args = p.parse_args()

@@ -144,7 +144,7 @@ def main() -> None:
     p.add_argument("--tag", default="equipot")
     p.add_argument("--compile", action="store_true", help="EquipotCalculator(compile=True); the compile is not timed")
     p.add_argument("--no-tabulate", action="store_true",
-                   help="EquipotCalculator(tabulate=False): the radial networks, not their tables (float32 default)")
+                   help="EquipotCalculator(tabulate=False): the radial networks, not their tables (the default of compiled float32 evaluation)")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child process
     args = p.parse_args()
     if args.one:

@@ -100,8 +100,8 @@ class RadialTable(nn.Module):
     tabulated energy (MD with it conserves energy). K grows from 64, by powers of two, until at
     points between the knots both the values and the derivatives differ from ``fn``'s by at most
     ``tolerance`` times their largest magnitude (the error of a cubic Hermite piece falls as K⁻⁴,
-    of its derivative as K⁻³, which sets each step, at most 8×). Beyond r_max the table is zero, as are the radial networks there (their
-    basis carries the cutoff envelope).
+    of its derivative as K⁻³, which sets each step, at most 8×). Beyond r_max the table is zero,
+    as are the radial networks there (their basis carries the cutoff envelope).
 
     For inference: one lookup and a cubic per edge replace the radial basis and an MLP per
     layer, their matmuls and activations and, for forces, the backward pass through them.
@@ -150,7 +150,7 @@ class RadialTable(nn.Module):
             exact, exact_d = torch.func.jvp(fn, (r,), (torch.ones_like(r),))
         c = coeffs.repeat_interleave(len(s), dim=0)
         t = s.repeat(intervals)[:, None]
-        value = ((c[:, 3] * t + c[:, 2]) * t + c[:, 1]) * t + c[:, 0]
+        value = _cubic(c, t)
         slope = ((3 * c[:, 3] * t + 2 * c[:, 2]) * t + c[:, 1]) / h
         error = max(float((value - exact).abs().max() / f.abs().max().clamp_min(1e-300)),
                     float((slope - exact_d).abs().max() / df.abs().max().clamp_min(1e-300)))
@@ -161,6 +161,9 @@ class RadialTable(nn.Module):
         # (a NaN length, of two atoms on one spot, stays NaN in the value, not a bad index)
         piece = t.floor().clamp(0, self.intervals - 1).nan_to_num(0.0).long()
         s = (t - piece)[:, None]
-        c = self.coeffs[piece]
-        value = ((c[:, 3] * s + c[:, 2]) * s + c[:, 1]) * s + c[:, 0]
-        return value * (r < self.r_max)[:, None]
+        return _cubic(self.coeffs[piece], s) * (r < self.r_max)[:, None]
+
+
+def _cubic(c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """c0 + c1 s + c2 s² + c3 s³ (Horner) for coefficients c (E, 4, C) and positions s (E, 1)."""
+    return ((c[:, 3] * s + c[:, 2]) * s + c[:, 1]) * s + c[:, 0]
