@@ -28,6 +28,8 @@ def inference_step(args):
     from speed import acac_box
 
     model = load_model(args.model, dtype=getattr(torch, args.dtype)).eval()
+    if args.tabulate:
+        model.energy_model.tabulate_radial()
     atoms = acac_box(max(1, args.atoms // 15))
     config = Configuration(numbers=atoms.numbers, positions=atoms.positions, cell=np.array(atoms.cell),
                            pbc=atoms.pbc)
@@ -125,6 +127,10 @@ def main() -> None:
     p.add_argument("--vectorize", action="store_true", help="train --compile: Inductor's SIMD loops on "
                    "(CompiledPotential(vectorize=True); inference has them by default)")
     p.add_argument("--no-vectorize", action="store_true", help="inference --compile: Inductor's SIMD loops off")
+    p.add_argument("--tabulate", action="store_true", help="inference: the radial networks as tables "
+                   "(EnergyModel.tabulate_radial, as the calculator does for compiled float32 models)")
+    p.add_argument("--kernel-profile", action="store_true",
+                   help="--compile: each of Inductor's generated C++ kernels recorded as its own profiler row")
     p.add_argument("--tag", default=None)
     args = p.parse_args()
     if args.kind == "inference" and not args.model:
@@ -132,6 +138,10 @@ def main() -> None:
     if args.vectorize and args.kind != "train" or args.no_vectorize and args.kind != "inference":
         p.error("--vectorize is for train --compile, --no-vectorize for inference --compile")
     torch.set_num_threads(args.threads)
+    if args.kernel_profile:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.cpp.enable_kernel_profile = True
     step, what = inference_step(args) if args.kind == "inference" else train_step(args)
     median = median_step_time(step, args.steps)
     with torch.profiler.profile(record_shapes=True) as prof:
@@ -144,7 +154,9 @@ def main() -> None:
     tag = args.tag or (f"lmax{args.lmax}-c{args.channels}-b{args.batch_size}"
                        + ("-mix" if args.product_mixing else "") + ("-compiled" if args.compile else "")
                        if args.kind == "train"
-                       else f"{args.atoms}" + ("-compiled" if args.compile else ""))
+                       else f"{args.atoms}" + ("-compiled" if args.compile else "") + ("-tables" if args.tabulate else ""))
+    if args.kernel_profile:
+        tag += "-kernels"
     if args.compile and (args.vectorize if args.kind == "train" else args.no_vectorize):
         tag += "-vectorized" if args.kind == "train" else "-not-vectorized"
     simd = ""
