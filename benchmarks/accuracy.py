@@ -109,6 +109,7 @@ def main() -> None:
     p.add_argument("--n-train", type=int, default=None,
                    help="train on the first N of the training split (data efficiency); validation set unchanged")
     p.add_argument("--message-lmax", type=int, default=None, help="highest l sent along edges (default lmax)")
+    p.add_argument("--sh-lmax", type=int, default=None, help="model.sh_lmax: highest l of the edge harmonics (default lmax)")
     p.add_argument("--product-mixing", action="store_true", help="model.product_mixing: mixed channels in the node products")
     p.add_argument("--r-max", type=float, default=5.0, help="cutoff radius (Å)")
     p.add_argument("--radial-hidden", type=int, nargs="+", default=[64, 64], help="hidden sizes of the radial networks")
@@ -140,6 +141,7 @@ def main() -> None:
     variant = args.variant or (
         f"lmax{args.lmax}-{args.parity}-c{args.channels}-nu{args.correlation}"
         + ("" if args.message_lmax is None else f"-m{args.message_lmax}")
+        + ("" if args.sh_lmax is None else f"-sh{args.sh_lmax}")
         + ("-mix" if args.product_mixing else "")
         + ("" if args.r_max == 5.0 else f"-rmax{args.r_max:g}")
         + ("" if args.radial_hidden == [64, 64] else "-r" + "x".join(map(str, args.radial_hidden)))
@@ -152,7 +154,7 @@ def main() -> None:
     out_dir = args.out or f"runs/{args.dataset}-{variant}"
     model_cfg = dict(channels=args.channels, lmax=args.lmax, parity=args.parity,
                      correlation=args.correlation, num_layers=args.num_layers, r_max=args.r_max,
-                     message_lmax=args.message_lmax, radial_hidden=args.radial_hidden,
+                     message_lmax=args.message_lmax, sh_lmax=args.sh_lmax, radial_hidden=args.radial_hidden,
                      product_mixing=args.product_mixing)
     config = config_from_dict({
         "output_dir": out_dir, "seed": args.seed,

@@ -68,6 +68,9 @@ class ModelConfig:
     parity: str = "natural"  # "natural" (0e, 1o, 2e, ...) or "both" (0e, 0o, 1o, 1e, ...)
     correlation: int = 3  # body order per layer from A, A⊗A, A⊗A⊗A
     message_lmax: Optional[int] = None  # highest l of the features sent along edges (default lmax; 0: scalars only)
+    # highest l of the edges' spherical harmonics (default lmax; MACE's max_ell): above lmax they
+    # reach the features only through products that land in l <= lmax (1o x 3o -> 2e, ...)
+    sh_lmax: Optional[int] = None
     # each node product A ⊗ A' takes A' as a learnt channel mix of A, so that couplings odd in
     # the exchange of the factors (cross products 1o ⊗ 1o → 1e, triple products → 0o) survive
     product_mixing: bool = False
@@ -214,6 +217,7 @@ def validate_model(m: "ModelConfig", source: str) -> None:
         (m.parity in ("both", "natural"), "model.parity must be 'both' or 'natural'"),
         (1 <= m.correlation <= 3, "model.correlation must be 1, 2 or 3"),
         (m.message_lmax is None or 0 <= m.message_lmax <= m.lmax, "model.message_lmax must be between 0 and model.lmax"),
+        (m.sh_lmax is None or 0 <= m.sh_lmax <= 6, "model.sh_lmax must be between 0 and 6"),
         (1 <= m.num_basis <= 64, "model.num_basis must be between 1 and 64"),
         (all(1 <= h <= 4096 for h in m.radial_hidden), "model.radial_hidden sizes must be between 1 and 4096"),
         (1 <= m.readout_hidden <= 4096, "model.readout_hidden must be between 1 and 4096"),

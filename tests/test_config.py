@@ -113,6 +113,7 @@ def test_e0s_mapping_or_string():
         ({"training": {"dtype": "float16"}}, "training.dtype"),
         ({"model": {"lmax": 5}}, "model.lmax"),
         ({"model": {"r_max": 0.0}}, "model.r_max"),
+        ({"model": {"sh_lmax": 7}}, "model.sh_lmax"),
         ({"model": {"parity": "odd"}}, "model.parity"),
         ({"training": {"scheduler": "step"}}, "training.scheduler"),
         ({"training": {"lr": -1.0}}, "training.lr"),

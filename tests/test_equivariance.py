@@ -25,18 +25,19 @@ from equivariance import (
 )
 
 R_MAX = 3.0
-# (lmax, parity, correlation, message_lmax, product_mixing): every lmax/parity/correlation
-# with full messages, a few with fewer irreps sent along the edges than formed in a layer,
-# and a few with mixed channels in the node products
-COMBOS = [combo + (None, False) for combo in itertools.product(range(4), ("both", "natural"), (1, 2, 3))]
-COMBOS += [(1, "both", 3, 0, False), (2, "natural", 3, 0, False), (3, "natural", 2, 1, False)]
-COMBOS += [(1, "both", 3, None, True), (2, "natural", 3, None, True), (3, "both", 2, 1, True)]
+# (lmax, parity, correlation, message_lmax, product_mixing, sh_lmax): every lmax/parity/correlation
+# with full messages, a few with fewer irreps sent along the edges than formed in a layer, a
+# few with mixed channels in the node products, and a few with edge harmonics above lmax
+COMBOS = [combo + (None, False, None) for combo in itertools.product(range(4), ("both", "natural"), (1, 2, 3))]
+COMBOS += [(1, "both", 3, 0, False, None), (2, "natural", 3, 0, False, None), (3, "natural", 2, 1, False, None)]
+COMBOS += [(1, "both", 3, None, True, None), (2, "natural", 3, None, True, None), (3, "both", 2, 1, True, None)]
+COMBOS += [(1, "natural", 3, None, True, 3), (2, "both", 2, None, False, 3)]
 
 
 def combo_id(combo):
-    lmax, parity, correlation, message_lmax, mixing = combo
+    lmax, parity, correlation, message_lmax, mixing, sh_lmax = combo
     return (f"l{lmax}-{parity}-c{correlation}" + ("" if message_lmax is None else f"-m{message_lmax}")
-            + ("-mix" if mixing else ""))
+            + ("-mix" if mixing else "") + ("" if sh_lmax is None else f"-sh{sh_lmax}"))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -58,11 +59,11 @@ def float64():
     torch.backends.opt_einsum.enabled = opt_einsum
 
 
-def make_config(lmax, parity, correlation, message_lmax=None, product_mixing=False, num_layers=2):
+def make_config(lmax, parity, correlation, message_lmax=None, product_mixing=False, sh_lmax=None, num_layers=2):
     return ModelConfig(
         r_max=R_MAX, num_layers=num_layers, channels=4, lmax=lmax, parity=parity,
         correlation=correlation, num_basis=4, radial_hidden=[8], readout_hidden=4,
-        message_lmax=message_lmax, product_mixing=product_mixing,
+        message_lmax=message_lmax, product_mixing=product_mixing, sh_lmax=sh_lmax,
     )
 
 
@@ -74,8 +75,9 @@ def make_stats():
 
 @pytest.fixture(scope="module", params=COMBOS, ids=combo_id)
 def potential(request, float64) -> Potential:
-    lmax, parity, correlation, message_lmax, mixing = request.param
-    torch.manual_seed(100 * lmax + 10 * correlation + (parity == "both") + 1000 * (message_lmax or 0) + 5 * mixing)
+    lmax, parity, correlation, message_lmax, mixing, sh_lmax = request.param
+    torch.manual_seed(100 * lmax + 10 * correlation + (parity == "both") + 1000 * (message_lmax or 0) + 5 * mixing
+                      + 10000 * (sh_lmax or 0))
     model = build_model(make_config(*request.param), make_stats())
     assert model.dtype == torch.float64
     model.combo = request.param
@@ -267,7 +269,7 @@ def test_interaction(potential, graph_inputs, layer_index):
 def test_product_basis(potential, graph_inputs):
     """A, A⊗A, A⊗A⊗A with species-dependent weights, on random A of every hidden irrep."""
     _, species, _, _, _ = graph_inputs
-    lmax, parity, correlation, _, _ = potential.combo
+    lmax, parity, correlation, _, _, _ = potential.combo
     irreps = hidden_irreps(4, lmax, parity)
     for layer in potential.energy_model.layers:
         product: ProductBasis = layer.product
@@ -359,3 +361,17 @@ def test_potential_with_default_e3nn_code(float64):
     finally:
         e3nn.set_optimization_defaults(**saved)
         torch.backends.opt_einsum.enabled = False
+
+
+def test_edge_harmonics_above_lmax():
+    """sh_lmax above lmax: the edges carry l up to sh_lmax, and paths through them land in the
+    hidden irreps (1o x 2e -> 1o at lmax 1; 2e x 3o -> 1o at lmax 2), none above lmax."""
+    for lmax, sh_lmax in ((1, 2), (2, 3)):
+        em = build_model(make_config(lmax, "natural", 2, sh_lmax=sh_lmax), make_stats()).energy_model
+        assert em.irreps_sh.lmax == sh_lmax
+        used = set()
+        for layer in em.layers:
+            for sh_slice, _ in layer.conv.groups:
+                used.add(sh_slice.stop - sh_slice.start)  # 2l + 1 of the harmonic
+            assert max(ir.l for _, ir in layer.conv.irreps_out) <= lmax
+        assert 2 * sh_lmax + 1 in used  # the highest harmonic is used by some layer

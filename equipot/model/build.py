@@ -52,6 +52,7 @@ def _build(config: ModelConfig, stats: Statistics) -> Potential:
         parity=config.parity,
         correlation=config.correlation,
         message_lmax=config.message_lmax,
+        sh_lmax=config.sh_lmax,
         product_mixing=config.product_mixing,
         num_basis=config.num_basis,
         radial_hidden=config.radial_hidden,

@@ -97,10 +97,13 @@ class EnergyModel(ShiftedEnergies):
         extra_irreps: o3.Irreps = o3.Irreps(""),
         message_lmax: Optional[int] = None,
         product_mixing: bool = False,
+        sh_lmax: Optional[int] = None,
     ):
         super().__init__()
         self.num_species = num_species
-        self.irreps_sh = o3.Irreps.spherical_harmonics(lmax)
+        # the edges' harmonics (default up to lmax); a path l1 x l2 -> l3 is kept only when l3
+        # is a hidden irrep, so harmonics above lmax couple features into l <= lmax
+        self.irreps_sh = o3.Irreps.spherical_harmonics(lmax if sh_lmax is None else sh_lmax)
         self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
         sign = torch.cat([torch.full((ir.dim,), float(ir.p)) for _, ir in self.irreps_sh])  # (-1)^l
         self.register_buffer("sh_parity", sign, persistent=False)
