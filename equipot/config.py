@@ -68,8 +68,9 @@ class ModelConfig:
     parity: str = "natural"  # "natural" (0e, 1o, 2e, ...) or "both" (0e, 0o, 1o, 1e, ...)
     correlation: int = 3  # body order per layer from A, A⊗A, A⊗A⊗A
     message_lmax: Optional[int] = None  # highest l of the features sent along edges (default lmax; 0: scalars only)
-    # highest l of the edges' spherical harmonics (default lmax; MACE's max_ell): above lmax they
-    # reach the features only through products that land in l <= lmax (1o x 3o -> 2e, ...)
+    # highest l of the edges' spherical harmonics (default lmax; MACE's max_ell): above lmax the
+    # atomic basis A and its node products carry l up to sh_lmax inside each layer, and the
+    # products land in the irreps up to lmax that the layer passes on
     sh_lmax: Optional[int] = None
     # each node product A ⊗ A' takes A' as a learnt channel mix of A, so that couplings odd in
     # the exchange of the factors (cross products 1o ⊗ 1o → 1e, triple products → 0o) survive

@@ -269,8 +269,8 @@ def test_interaction(potential, graph_inputs, layer_index):
 def test_product_basis(potential, graph_inputs):
     """A, A⊗A, A⊗A⊗A with species-dependent weights, on random A of every hidden irrep."""
     _, species, _, _, _ = graph_inputs
-    lmax, parity, correlation, _, _, _ = potential.combo
-    irreps = hidden_irreps(4, lmax, parity)
+    lmax, parity, correlation, _, _, sh_lmax = potential.combo
+    irreps = hidden_irreps(4, max(lmax, sh_lmax or 0), parity)  # A: up to sh_lmax inside a layer
     for layer in potential.energy_model.layers:
         product: ProductBasis = layer.product
         assert len(product.products) == correlation - 1
@@ -364,14 +364,14 @@ def test_potential_with_default_e3nn_code(float64):
 
 
 def test_edge_harmonics_above_lmax():
-    """sh_lmax above lmax: the edges carry l up to sh_lmax, and paths through them land in the
-    hidden irreps (1o x 2e -> 1o at lmax 1; 2e x 3o -> 1o at lmax 2), none above lmax."""
-    for lmax, sh_lmax in ((1, 2), (2, 3)):
+    """sh_lmax above lmax: the edges carry l up to sh_lmax, the atomic basis A and its products
+    inside a layer too (as MACE's up to max_ell), and each layer passes on l <= lmax only."""
+    for lmax, sh_lmax in ((1, 3), (2, 3)):
         em = build_model(make_config(lmax, "natural", 2, sh_lmax=sh_lmax), make_stats()).energy_model
         assert em.irreps_sh.lmax == sh_lmax
         used = set()
         for layer in em.layers:
-            for sh_slice, _ in layer.conv.groups:
-                used.add(sh_slice.stop - sh_slice.start)  # 2l + 1 of the harmonic
-            assert max(ir.l for _, ir in layer.conv.irreps_out) <= lmax
-        assert 2 * sh_lmax + 1 in used  # the highest harmonic is used by some layer
+            used |= {sh_slice.stop - sh_slice.start for sh_slice, _ in layer.conv.groups}  # 2l + 1
+            assert layer.linear_msg.irreps_out.lmax == sh_lmax
+            assert layer.irreps_out.lmax <= lmax
+        assert 2 * sh_lmax + 1 in used  # the highest harmonic is used

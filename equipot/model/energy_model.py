@@ -101,16 +101,19 @@ class EnergyModel(ShiftedEnergies):
     ):
         super().__init__()
         self.num_species = num_species
-        # the edges' harmonics (default up to lmax); a path l1 x l2 -> l3 is kept only when l3
-        # is a hidden irrep, so harmonics above lmax couple features into l <= lmax
-        self.irreps_sh = o3.Irreps.spherical_harmonics(lmax if sh_lmax is None else sh_lmax)
+        # the edges' harmonics, up to sh_lmax (default lmax)
+        sh_lmax = lmax if sh_lmax is None else sh_lmax
+        self.irreps_sh = o3.Irreps.spherical_harmonics(sh_lmax)
         self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
         sign = torch.cat([torch.full((ir.dim,), float(ir.p)) for _, ir in self.irreps_sh])  # (-1)^l
         self.register_buffer("sh_parity", sign, persistent=False)
         self.radial = RadialEmbedding(r_max, num_basis)
         irreps_embed = o3.Irreps(f"{channels}x0e")
         self.embedding = Linear(o3.Irreps(f"{num_species}x0e"), irreps_embed)
-        hidden = hidden_irreps(channels, lmax, parity)
+        # inside a layer, the atomic basis A (the neighbour sum) and its products keep every
+        # irrep up to max(lmax, sh_lmax), as MACE's do up to max_ell; the products then land in
+        # the irreps up to lmax that the layer passes on (its gate's)
+        hidden = hidden_irreps(channels, max(lmax, sh_lmax), parity)
         # features passed from layer to layer (and so along the edges of the next layer); with
         # message_lmax < lmax the higher irreps live only inside a layer (A and its products),
         # which cuts the per-edge work, as MACE's scalar-only hidden features do
