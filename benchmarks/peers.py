@@ -46,6 +46,9 @@ EQUIPOT_MODELS = {  # label: model settings (as in benchmarks/accuracy.py)
     "equipot lmax 1, 32 ch, scalar messages": {"lmax": 1, "channels": 32, "message_lmax": 0},
     "equipot lmax 1, 32 ch, scalar messages, mixed products": {"lmax": 1, "channels": 32, "message_lmax": 0,
                                                                "product_mixing": True},
+    "equipot lmax 1, 32 ch, scalar messages, mixed products, sh 3": {"lmax": 1, "channels": 32, "message_lmax": 0,
+                                                                     "product_mixing": True, "sh_lmax": 3},
+    "equipot lmax 1, 16 ch, mixed products, sh 3": {"lmax": 1, "channels": 16, "product_mixing": True, "sh_lmax": 3},
     "equipot lmax 2, 32 ch": {"lmax": 2, "channels": 32},
 }
 PEER_LABELS = {"mace": "MACE 2 layers, 64x0e+64x1o, max_ell 3", "nequip": "NequIP 3 layers, 32 features, l_max 1"}
