@@ -155,7 +155,7 @@ def main() -> None:
                        + ("-mix" if args.product_mixing else "") + ("-compiled" if args.compile else "")
                        if args.kind == "train"
                        else f"{args.atoms}" + ("-compiled" if args.compile else "") + ("-tables" if args.tabulate else ""))
-    if args.kernel_profile:
+    if args.kernel_profile and not args.tag:
         tag += "-kernels"
     if args.compile and (args.vectorize if args.kind == "train" else args.no_vectorize):
         tag += "-vectorized" if args.kind == "train" else "-not-vectorized"
