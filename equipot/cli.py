@@ -11,7 +11,11 @@ def _train(args) -> None:
     from .train import Trainer
 
     config = load_config(args.config)
-    result = Trainer(config, progress=not args.quiet).run(resume=args.resume, overwrite=args.overwrite)
+    trainer = Trainer(config, progress=not args.quiet)
+    try:
+        result = trainer.run(resume=args.resume, overwrite=args.overwrite)
+    finally:
+        trainer.world.close()
     print(f"training stopped ({result['stop_reason']}) after {result['epochs']} epochs; "
           f"best model: {config.output_dir}/model.safetensors")
 

@@ -68,3 +68,9 @@ class World:
     def barrier(self) -> None:
         if self.distributed:
             torch.distributed.barrier()
+
+    def close(self) -> None:
+        """Tear the process group down before the interpreter exits: left to exit-time
+        destructors, gloo's threads can abort a process that has finished its work."""
+        if self.distributed and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
