@@ -17,6 +17,7 @@ from equipot.config import ModelConfig, OutputConfig
 from equipot.data import Statistics, make_batch, to_graph
 from equipot.model import build_model
 from equipot.model.compiled import CompiledPotential
+from equipot.o3 import ChannelProduct
 
 from equivariance import random_structure, triclinic_cell
 
@@ -282,3 +283,37 @@ def test_compiled_trace_with_radial_tables(model):
     scale = float(networks["forces"].abs().max())
     torch.testing.assert_close(tables["forces"], networks["forces"], rtol=0, atol=1e-7 * scale)
     assert not torch.equal(tables["forces"], networks["forces"])
+
+
+@pytest.mark.parametrize("inference", [True, False])
+def test_compiled_graph_with_node_products_as_sums_of_terms(float64_without_einsum_search, inference):
+    """The node products of a traced graph as sums of their nonzero terms (the default for
+    inference, ChannelProduct under sparse_products): forces, stress and, for training, the
+    gradients of a force loss equal the eager model's. Two layers with edge harmonics to l = 2,
+    so that the first layer's products into vectors and l = 2 take the outer (not the trace) form."""
+    config = ModelConfig(r_max=R_MAX, num_layers=2, channels=2, lmax=1, sh_lmax=2, correlation=3,
+                         product_mixing=True, num_basis=4, radial_hidden=[8], readout_hidden=4)
+    stats = Statistics(species=[1, 6, 8], e0={1: -13.6, 6: -1029.5, 8: -2041.3}, energy_shift=-0.3,
+                       energy_scale=0.8, avg_num_neighbors=6.0)
+    torch.manual_seed(3)
+    model = build_model(config, stats, torch.float64)
+    products = [m for m in model.modules() if isinstance(m, ChannelProduct) and not m.trace]
+    assert products and all(m.num_terms < m.coupling.numel() for m in products)
+    compiled = CompiledPotential(model, inference=inference, backend="eager", sparse=True)
+    graph = _batch(np.random.default_rng(8), [6, 8], periodic=True)
+    if inference:
+        got, want = compiled(graph), model(graph)
+        for key in ("energy", "forces", "stress"):
+            torch.testing.assert_close(got[key], want[key], rtol=1e-10, atol=1e-12, msg=key)
+        return
+
+    def loss_and_gradients(evaluate):
+        model.zero_grad(set_to_none=True)
+        out = evaluate(graph, training=True)
+        ((out["forces"] ** 2).sum() + (out["stress"] ** 2).sum() + out["energy"].sum()).backward()
+        return out, [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in model.parameters()]
+
+    (got, got_grads), (want, want_grads) = loss_and_gradients(compiled), loss_and_gradients(model)
+    torch.testing.assert_close(got["forces"], want["forces"], rtol=1e-10, atol=1e-12)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)

@@ -211,11 +211,16 @@ def test_linear_keeps_e3nns_external_weights():
     ("2x0e+2x0o+2x1o+2x1e", "2x0e+2x0o"),  # scalars of both parities: blocks of a with other blocks of b
     ("2x0e+2x1o+2x2e+2x3o", "2x0e+2x1o+2x2e+2x3o"),
 ])
-def test_channel_product_matches_e3nn(float64_without_einsum_search, irreps1, irreps_out):
+@pytest.mark.parametrize("sparse", [False, True])
+def test_channel_product_matches_e3nn(float64_without_einsum_search, irreps1, irreps_out, sparse):
     """Values, first and second derivatives (forces, and the force loss) equal e3nn's
-    TensorProduct with the same "uuu" instructions and weight layout."""
+    TensorProduct with the same "uuu" instructions and weight layout; also in the form of
+    compiled graphs, a sum of the nonzero terms (``sparse_products``)."""
+    import contextlib
+
     from equipot.nn.interaction import uuu_instructions
     from equipot.o3 import ChannelProduct
+    from equipot.o3.channel_product import sparse_products
 
     irreps1, irreps_out = o3.Irreps(irreps1), o3.Irreps(irreps_out)
     instructions = uuu_instructions(irreps1, irreps1, irreps_out)
@@ -227,7 +232,9 @@ def test_channel_product_matches_e3nn(float64_without_einsum_search, irreps1, ir
     x1 = torch.randn(6, irreps1.dim, generator=g, requires_grad=True)
     x2 = torch.randn(6, irreps1.dim, generator=g, requires_grad=True)
     w = torch.randn(6, reference.weight_numel, generator=g, requires_grad=True)
-    expected, got = reference(x1, x2, w), ours(x1, x2, w)
+    expected = reference(x1, x2, w)
+    with sparse_products() if sparse else contextlib.nullcontext():
+        got = ours(x1, x2, w)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
     probe = torch.randn(expected.shape, generator=g)
     grads = [torch.autograd.grad((out * probe).sum(), (x1, x2, w), create_graph=True) for out in (expected, got)]
