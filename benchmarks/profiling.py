@@ -68,7 +68,8 @@ def train_step(args):
     config = config_from_dict({
         "output_dir": str(REPO / "runs" / "profile-train"), "seed": 1,
         "data": {**data, "valid_fraction": 0.1, "max_train": 100, "keys": {"energy": "energy", "forces": "forces"}},
-        "model": {"lmax": args.lmax, "channels": args.channels, "product_mixing": args.product_mixing},
+        "model": {"lmax": args.lmax, "channels": args.channels, "product_mixing": args.product_mixing,
+                  "message_lmax": args.message_lmax, "sh_lmax": args.sh_lmax},
         "training": {"threads": args.threads, "batch_size": args.batch_size, "dtype": args.dtype},
     }, "profile config")
     trainer = Trainer(config, progress=False)
@@ -121,6 +122,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--rows", type=int, default=25)
     p.add_argument("--product-mixing", action="store_true", help="train: model.product_mixing")
+    p.add_argument("--message-lmax", type=int, default=None, help="train: model.message_lmax")
+    p.add_argument("--sh-lmax", type=int, default=None, help="train: model.sh_lmax")
     p.add_argument("--compile", action="store_true",
                    help="through equipot.model.compiled (compiled during the warm-up steps, not timed; "
                    "inference=True for inference)")
@@ -152,6 +155,8 @@ def main() -> None:
     calls = sum(e.count for e in events if e.key.startswith("aten::")) / args.steps
     rows = sorted(events, key=lambda e: -e.self_cpu_time_total)[: args.rows]
     tag = args.tag or (f"lmax{args.lmax}-c{args.channels}-b{args.batch_size}"
+                       + (f"-m{args.message_lmax}" if args.message_lmax is not None else "")
+                       + (f"-sh{args.sh_lmax}" if args.sh_lmax is not None else "")
                        + ("-mix" if args.product_mixing else "") + ("-compiled" if args.compile else "")
                        if args.kind == "train"
                        else f"{args.atoms}" + ("-compiled" if args.compile else "") + ("-tables" if args.tabulate else ""))

@@ -98,7 +98,7 @@ class CompiledPotential:
             vectorize = inference
         self.options = None if vectorize or backend != "inductor" else {"cpp.simdlen": 1}
         # node products as sums of their nonzero terms (equipot.o3.channel_product.sparse_products),
-        # by default for inference only: 2.2x faster energy + forces at sh_lmax 3, while a training
+        # by default for inference only: 2.5x faster energy + forces at sh_lmax 3, while a training
         # graph so traced was slower and took minutes longer to compile
         self.sparse_products = inference if sparse is None else sparse
         self._evaluate = _Evaluate(potential)

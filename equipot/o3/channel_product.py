@@ -18,14 +18,18 @@ hundreds of kernel calls for it. Here all paths are done at once:
   formed, and summed by one constant matrix.
 
 In a compiled inference graph (:mod:`equipot.model.compiled`) the outer form is instead traced
-as a straight sum of its nonzero terms (:class:`sparse_products`): the coupling matrix is nearly
-all zeros at higher l (353 nonzeros of 256 × 99 for A up to l = 3 into l <= 3), and Inductor
-turns the sums into loops of vector multiply-adds. With edge harmonics to l = 3
-(``model.sh_lmax: 3``, lmax 1, 32 channels) the 960-atom energy + forces step took 125 against
-279 ms (interleaved in one process, compiled with radial tables, EPYC machine with both cores
-busy), for a longer cold compile (about 4 minutes against 1-1.5). In training graphs it was
-slower (127 against 116 ms a step of 5 acac structures) and took 14 minutes to compile, so
-training keeps the dense form.
+as a straight sum of its nonzero terms (:class:`sparse_products`), on features laid out
+(atoms, components, channels): the coupling matrix is nearly all zeros at higher l (353 nonzeros
+of 256 × 99 for A up to l = 3 into l <= 3), and Inductor turns each output component into one
+loop of vector multiply-adds over contiguous channels. With edge harmonics to l = 3
+(``model.sh_lmax: 3``, lmax 1, 32 channels) the 960-atom energy + forces step took 118 against
+296 ms (compiled, radial tables, interleaved in one process on the EPYC machine with both cores
+busy; the products' kernels 17 ms of it, against 137 ms of dense matrix products), for a longer
+cold compile (about 4.5 minutes against 1-1.5). A training graph traced so was slower (127
+against 116 ms a step of 5 acac structures, the terms laid out (components, atoms × channels))
+and took 14 minutes to compile, and a custom operator running each contraction as its own small
+compiled kernel was slower still (85 against 52 ms: dozens of calls a step), so training keeps
+the dense form.
 
 ``tests/test_o3.py`` checks values and first and second derivatives (of both forms) against e3nn's
 TensorProduct with the same instructions and weight layout; ``benchmarks/kernels.py
@@ -108,6 +112,13 @@ class ChannelProduct(nn.Module):
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         n, u = x1.shape[0], self.mul
+        if _SPARSE[0] and not self.trace:
+            # m-major (atoms, components, channels): each term reads rows of contiguous channels
+            # (the layout the Linear layers' products come out in before their turn to e3nn's)
+            out = _Contract.apply(self, 0, _m_major(x1, self.dims1, u), _m_major(x2, self.dims2, u),
+                                  weight.reshape(n, self.num_paths, u))  # (n, D_out, u)
+            return torch.cat([part.transpose(1, 2).reshape(n, u * d)
+                              for part, d in zip(out.split(self.dims_out, dim=1), self.dims_out)], dim=1)
         a, b = _channels_first(x1, self.dims1, u), _channels_first(x2, self.dims2, u)  # (n, u, D)
         w = weight.reshape(n, self.num_paths, u).transpose(1, 2)  # (n, u, paths)
         if self.trace:
@@ -118,15 +129,10 @@ class ChannelProduct(nn.Module):
                 products = torch.cat([a[:, :, sa[i]:sa[i] + self.dims1[i]] * b[:, :, sb[j]:sb[j] + self.dims2[j]]
                                       for i, j in self.blocks], dim=2)
             out = (products @ self.coupling.to(x1.dtype)) * w  # (n, u, paths): one column per path
-        elif _SPARSE[0]:
-            # rows (atom, channel) last, so that each term's gathered row is contiguous
-            out = _Contract.apply(self, 0, a.reshape(n * u, -1).t(), b.reshape(n * u, -1).t(),
-                                  w.reshape(n * u, self.num_paths).t()).t().reshape(n, u, -1)
         else:
             outer = (a.unsqueeze(3) * b.unsqueeze(2)).reshape(n, u, -1)  # (n, u, D1·D2)
             out = (outer @ self.coupling.to(x1.dtype)) * w.index_select(2, self.path_of_column)
-        if self.trace or not _SPARSE[0]:
-            out = out @ self.summing.to(x1.dtype)  # (n, u, D_out)
+        out = out @ self.summing.to(x1.dtype)  # (n, u, D_out)
         if len(self.dims_out) == 1:
             return out.reshape(n, u * self.dims_out[0])
         return torch.cat([part.reshape(n, u * d) for part, d in zip(out.split(self.dims_out, dim=2), self.dims_out)],
@@ -170,7 +176,7 @@ class sparse_products:
 
 class _Contract(torch.autograd.Function):
     """Derivative of the 4-linear form of a ChannelProduct in one slot (0: output, 1: a, 2: b,
-    3: weights), given the three others in slot order; rows are (atom, channel) pairs. Its
+    3: weights), given the three others in slot order, each (atoms, its indices, channels). Its
     gradients are the same contraction in other slots, so derivatives of any order are gathers."""
 
     @staticmethod
@@ -197,7 +203,7 @@ def _contract(product: ChannelProduct, slot: int, x, y, z):
     """Each output row a straight sum of its terms, with the indices and values as constants: a
     compiler turns it into one loop over the rows with every term a vector multiply-add."""
     terms = product.term_lists[slot]
-    xs, ys, zs = x.unbind(0), y.unbind(0), z.unbind(0)
+    xs, ys, zs = x.unbind(1), y.unbind(1), z.unbind(1)
     rows = []
     for row in terms:
         total = None
@@ -205,7 +211,7 @@ def _contract(product: ChannelProduct, slot: int, x, y, z):
             term = xs[i] * ys[j] * zs[p] * value
             total = term if total is None else total + term
         rows.append(total if total is not None else torch.zeros_like(xs[0]))
-    return torch.stack(rows)
+    return torch.stack(rows, dim=1)
 
 
 def _starts(dims: Sequence[int]) -> List[int]:
@@ -214,6 +220,13 @@ def _starts(dims: Sequence[int]) -> List[int]:
         out.append(s)
         s += d
     return out
+
+
+def _m_major(x: torch.Tensor, dims: Sequence[int], mul: int) -> torch.Tensor:
+    """e3nn's layout -> (n, Σ dim, mul)."""
+    n = x.shape[0]
+    return torch.cat([part.reshape(n, mul, d).transpose(1, 2) for part, d in
+                      zip(x.split([mul * d for d in dims], dim=1), dims)], dim=1)
 
 
 def _channels_first(x: torch.Tensor, dims: Sequence[int], mul: int) -> torch.Tensor:
