@@ -25,9 +25,8 @@ loop of vector multiply-adds over contiguous channels. With edge harmonics to l 
 (``model.sh_lmax: 3``, lmax 1, 32 channels) the 960-atom energy + forces step took 118 against
 296 ms (compiled, radial tables, interleaved in one process on the EPYC machine with both cores
 busy; the products' kernels 17 ms of it, against 137 ms of dense matrix products), for a longer
-cold compile (about 4.5 minutes against 1-1.5). A training graph traced so was slower (127
-against 116 ms a step of 5 acac structures, the terms laid out (components, atoms × channels))
-and took 14 minutes to compile, and a custom operator running each contraction as its own small
+cold compile (about 4.5 minutes against 1-1.5). A training graph traced so was slower (50
+against 43 ms a step of 5 acac structures) and took 10 minutes to compile, and a custom operator running each contraction as its own small
 compiled kernel was slower still (85 against 52 ms: dozens of calls a step), so training keeps
 the dense form.
 
