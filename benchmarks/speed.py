@@ -11,6 +11,7 @@ peak resident memory of a fresh process per size. Writes docs/benchmarks/speed-<
 """
 
 import argparse
+import contextlib
 import json
 import resource
 import subprocess
@@ -123,9 +124,14 @@ def measure(model: str, n_atoms: int, threads: int, dtype: str, repeats: int, co
     median = float(np.median(times))
     from peer_worker import count_gflop  # the same count as the peers'
 
+    form = contextlib.nullcontext()
     if compile:  # the counter is a dispatch mode, which compiled code cannot run under: count the eager model
         atoms.calc = EquipotCalculator(model, dtype=dtype, tabulate=tabulated)  # the timed model's radial form
-    gflop = count_gflop(atoms)
+        from equipot.o3.channel_product import sparse_products
+
+        form = sparse_products()  # and its node products' form: sums of terms, no matrix products
+    with form:
+        gflop = count_gflop(atoms)
     from equipot.data import neighbor_list
 
     n_edges = len(neighbor_list(atoms.positions, np.array(atoms.cell), atoms.pbc, 5.0)[0])
