@@ -26,9 +26,9 @@ loop of vector multiply-adds over contiguous channels. With edge harmonics to l 
 296 ms (compiled, radial tables, interleaved in one process on the EPYC machine with both cores
 busy; the products' kernels 17 ms of it, against 137 ms of dense matrix products), for a longer
 cold compile (about 4.5 minutes against 1-1.5). A training graph traced so was slower (50
-against 43 ms a step of 5 acac structures) and took 10 minutes to compile, and a custom operator running each contraction as its own small
-compiled kernel was slower still (85 against 52 ms: dozens of calls a step), so training keeps
-the dense form.
+against 43 ms a step of 5 acac structures) and took 10 minutes to compile, and a custom
+operator running each contraction as its own small compiled kernel was slower still (85 against
+52 ms: dozens of calls a step), so training keeps the dense form.
 
 ``tests/test_o3.py`` checks values and first and second derivatives (of both forms) against e3nn's
 TensorProduct with the same instructions and weight layout; ``benchmarks/kernels.py
