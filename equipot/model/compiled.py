@@ -100,7 +100,7 @@ class CompiledPotential:
         # node products as sums of their nonzero terms (equipot.o3.channel_product.sparse_products),
         # by default for inference only: 2.5x faster energy + forces at sh_lmax 3, while a training
         # graph so traced was slower and took minutes longer to compile
-        self.sparse_products = inference if sparse is None else sparse
+        self.sparse = inference if sparse is None else sparse
         self._evaluate = _Evaluate(potential)
         self._graphs: Dict[tuple, Tuple[object, List[str]]] = {}
         self.timings: List[Dict[str, float]] = []  # per traced graph: seconds of the trace, its node count
@@ -200,7 +200,7 @@ class CompiledPotential:
         # without the fake-tensor dispatch cache: under symbolic sizes most of its entries are
         # made for one use, and making them took a third of the trace (12-13 s against 16-22 at
         # lmax 1 / 16 channels, 24 against 34-38 at lmax 2 / 64; the same graph either way)
-        sparse = sparse_products() if self.sparse_products else contextlib.nullcontext()
+        sparse = sparse_products() if self.sparse else contextlib.nullcontext()
         with dynamo_config.patch(fake_tensor_cache_enabled=False), sparse:
             graph_module = make_fx(traced, tracing_mode="symbolic")(detached, tensors, slots)
         self.timings.append({"trace_s": time.perf_counter() - start, "nodes": len(graph_module.graph.nodes)})

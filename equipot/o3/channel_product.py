@@ -114,7 +114,8 @@ class ChannelProduct(nn.Module):
         if _SPARSE[0] and not self.trace:
             # m-major (atoms, components, channels): each term reads rows of contiguous channels
             # (the layout the Linear layers' products come out in before their turn to e3nn's)
-            out = _Contract.apply(self, 0, _m_major(x1, self.dims1, u), _m_major(x2, self.dims2, u),
+            a, b = _channels_first(x1, self.dims1, u), _channels_first(x2, self.dims2, u)
+            out = _Contract.apply(self, 0, a.transpose(1, 2), b.transpose(1, 2),
                                   weight.reshape(n, self.num_paths, u))  # (n, D_out, u)
             return torch.cat([part.transpose(1, 2).reshape(n, u * d)
                               for part, d in zip(out.split(self.dims_out, dim=1), self.dims_out)], dim=1)
@@ -219,13 +220,6 @@ def _starts(dims: Sequence[int]) -> List[int]:
         out.append(s)
         s += d
     return out
-
-
-def _m_major(x: torch.Tensor, dims: Sequence[int], mul: int) -> torch.Tensor:
-    """e3nn's layout -> (n, Σ dim, mul)."""
-    n = x.shape[0]
-    return torch.cat([part.reshape(n, mul, d).transpose(1, 2) for part, d in
-                      zip(x.split([mul * d for d in dims], dim=1), dims)], dim=1)
 
 
 def _channels_first(x: torch.Tensor, dims: Sequence[int], mul: int) -> torch.Tensor:
