@@ -119,6 +119,12 @@ def main() -> None:
     p.add_argument("--scheduler", default="plateau", choices=["plateau", "budget"],
                    help="plateau: ×0.8 after 10 epochs without progress; budget: cosine to 0 over the budget")
     p.add_argument("--forces-weight", type=float, default=100.0, help="loss weight of the forces (energy per atom: 1)")
+    p.add_argument("--stage-two", type=float, default=None, metavar="START",
+                   help="training.stage_two from this fraction of the budget, with the weights below")
+    p.add_argument("--stage-two-weights", type=float, nargs=2, default=[1000.0, 100.0], metavar=("ENERGY", "FORCES"),
+                   help="stage two's loss weights (default 1000 100, as MACE's SWA stage)")
+    p.add_argument("--stage-two-lr", type=float, default=None, help="stage two's constant learning rate "
+                   "(default: the schedule goes on)")
     p.add_argument("--compile", action="store_true",
                    help="training.compile: trace and compile the training step (its compile counts against the budget)")
     p.add_argument("--variant", default=None)
@@ -148,6 +154,7 @@ def main() -> None:
         + ("" if args.n_train is None else f"-n{args.n_train}")
         + ("" if args.scheduler == "plateau" else f"-{args.scheduler}")
         + ("" if args.seed == 1234 else f"-seed{args.seed}")
+        + ("" if args.stage_two is None else f"-s2at{args.stage_two:g}")
         + ("-compiled" if args.compile else "")
     )
     n_train = spec["n_train"] if args.n_train is None else args.n_train
@@ -166,7 +173,10 @@ def main() -> None:
                      "lr": args.lr, "max_epochs": 100000, "max_minutes": args.budget_minutes,
                      "patience": 100000, "scheduler": args.scheduler, "lr_patience": 10, "lr_factor": 0.8,
                      "ema_decay": 0.99, "loss": {"energy": 1.0, "forces": args.forces_weight},
-                     "compile": args.compile},
+                     "compile": args.compile,
+                     "stage_two": None if args.stage_two is None else {
+                         "start": args.stage_two, "lr": args.stage_two_lr,
+                         "loss": dict(zip(("energy", "forces"), args.stage_two_weights))}},
     }, "benchmark config")
     if not args.eval_only:
         Trainer(config, progress=False).run(resume=args.resume and Path(out_dir, CHECKPOINT).exists())

@@ -109,6 +109,28 @@ class LossConfig:
 
 
 @dataclass
+class StageTwoConfig:
+    """The last part of a run with other loss weights (MACE's "SWA" stage): typically a larger
+    energy weight once the forces have been learnt, which lowers the energy error at little
+    cost in the forces. The best model is then chosen among the epochs of this stage only."""
+
+    # where it starts: this fraction of max_minutes (when set) or of max_epochs, whichever is
+    # reached first; with scheduler budget, of the budget of all runs together
+    start: float = 0.75
+    # weights that replace those of training.loss (energy, forces, stress, or a typed output's
+    # name); the terms not named keep theirs. A term whose weight is 0 in training.loss cannot be
+    # switched on here (its labels are read only for the terms of training.loss)
+    loss: Dict[str, float] = field(default_factory=dict)
+    lr: Optional[float] = None  # a constant learning rate for the stage (the scheduler stops); null: the schedule goes on
+
+    def weights(self, base: LossConfig) -> LossConfig:
+        """training.loss with this stage's weights in place."""
+        named = {k: v for k, v in self.loss.items() if k in ("energy", "forces", "stress")}
+        outputs = {**base.outputs, **{k: v for k, v in self.loss.items() if k not in named}}
+        return dataclasses.replace(base, **named, outputs=outputs)
+
+
+@dataclass
 class TrainingConfig:
     dtype: str = "float32"
     device: str = "cpu"
@@ -135,6 +157,7 @@ class TrainingConfig:
     # the difference
     init_e0s: str = "model"
     loss: LossConfig = field(default_factory=LossConfig)
+    stage_two: Optional[StageTwoConfig] = None  # other loss weights for the end of the run (StageTwoConfig)
 
 
 @dataclass
@@ -328,6 +351,8 @@ def _validate(config: Config, source: str) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(f"{source}: {message}")
+    if t.stage_two is not None:
+        _validate_stage_two(t.stage_two, w, source)
     fields = output_fields(config.model, source)
     for name, key in config.data.keys.items():  # VALUE@SITE: per-structure values placed on indexed atoms
         if "@" in key and w.forms.get(name) == "sign":
@@ -338,6 +363,30 @@ def _validate(config: Config, source: str) -> None:
             raise ConfigError(f"{source}: training.loss.forms.{name}: the sign form needs a scalar output (one "
                               f"number per {'structure' if fields[name].level == 'graph' else 'atom'}); "
                               f"{name} has shape {fields[name].shape}")
+
+
+def _validate_stage_two(s: StageTwoConfig, w: LossConfig, source: str) -> None:
+    terms = ["energy", "forces", "stress", *w.outputs]
+    for name, weight in s.loss.items():
+        if name not in terms:
+            close = difflib.get_close_matches(name, terms, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{source}: training.stage_two.loss.{name}: not a loss term (terms: "
+                              f"{', '.join(terms)}){hint}")
+        if weight < 0:
+            raise ConfigError(f"{source}: training.stage_two.loss.{name} must not be negative, got {weight}")
+        if weight > 0 and w.weight(name) <= 0:
+            raise ConfigError(f"{source}: training.stage_two.loss.{name} is positive but training.loss.{name} is 0: a "
+                              f"term cannot be switched on in stage two (its labels are read for the terms of "
+                              f"training.loss); give it a small weight in training.loss")
+    checks = [
+        (0.0 < s.start < 1.0, f"training.stage_two.start must be in (0, 1) (a fraction of the run), got {s.start}"),
+        (max(s.weights(w).weight(n) for n in terms) > 0, "training.stage_two.loss: at least one weight must stay positive"),
+        (s.lr is None or s.lr > 0, "training.stage_two.lr must be positive, or null to keep the schedule"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(f"{source}: {message}")
 
 
 def config_from_dict(values: dict, source: str = "<config>") -> Config:

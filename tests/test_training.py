@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 
 import ase.io
 import numpy as np
@@ -128,6 +129,55 @@ def test_resume_after_wall_clock_stop_with_cosine_schedule(io_config_dict):
     assert lrs[0] > lrs[1] > lrs[2]  # the cosine schedule continued, not restarted
     walls = [float(row["wall_s"]) for row in csv.DictReader(open(os.path.join(config.output_dir, "metrics.csv")))]
     assert walls[0] == 1000.0 and 1000.0 < walls[1] < walls[2] < 1000.0 + 600
+
+
+STAGE_TWO = {"start": 0.3, "loss": {"energy": 1000.0, "forces": 1000.0}, "lr": 0.002}
+
+
+def test_stage_two_trains_the_end_with_its_own_weights_and_picks_its_best_model(io_config_dict):
+    values = io_config_dict("stage_two", max_epochs=3, stage_two=STAGE_TWO)
+    config, result = train(values)
+    state = load_checkpoint(os.path.join(config.output_dir, CHECKPOINT))
+    history = json.loads(state["history"])
+    # epoch 1 starts at 0 of 3 epochs, epoch 2 at 1/3 >= 0.3
+    assert [row["stage"] for row in history] == [1, 2, 2] and state["stage_two"] is True
+    assert [row["lr"] for row in history[1:]] == [0.002, 0.002]  # its own rate, the scheduler stopped
+    # each validation loss is the weighted sum of the mean squares with the weights of its stage
+    for row, (we, wf) in zip(history, [(1.0, 100.0), (1000.0, 1000.0), (1000.0, 1000.0)]):
+        expected = we * (row["valid_energy_per_atom_rmse"] / 1000) ** 2 + wf * (row["valid_forces_rmse"] / 1000) ** 2
+        assert row["valid_loss"] == pytest.approx(expected, rel=1e-6)
+    # the best model is the best of stage two, although stage one's loss (other weights) was lower
+    assert history[0]["valid_loss"] < min(row["valid_loss"] for row in history[1:])
+    assert result["best_valid_loss"] == min(row["valid_loss"] for row in history[1:])
+    with open(os.path.join(config.output_dir, "metrics.csv")) as f:
+        assert [r["stage"] for r in csv.DictReader(f)] == ["1", "2", "2"]
+
+
+def test_stage_two_resumes_exactly_on_both_sides_of_its_start(io_config_dict):
+    _, result = train(io_config_dict("stage_straight", max_epochs=3, stage_two=STAGE_TWO))
+    assert result["epochs"] == 3
+    # the same run killed by a (tiny) wall-clock limit after each epoch: before and after the switch
+    for k in range(3):
+        config, result = train(io_config_dict("stage_cut", max_epochs=3, max_minutes=1e-9, stage_two=STAGE_TWO),
+                               resume=k > 0)
+        assert result["epochs"] == k + 1
+    a = load_checkpoint(os.path.join(str(config.output_dir).replace("stage_cut", "stage_straight"), CHECKPOINT))
+    b = load_checkpoint(os.path.join(config.output_dir, CHECKPOINT))
+    assert_same_state(a, b)
+    assert a["stage_two"] is b["stage_two"] is True
+
+
+@pytest.mark.parametrize("stage, message", [
+    ({"loss": {"energie": 10.0}}, "did you mean 'energy'"),
+    ({"loss": {"stress": 1.0}}, "cannot be switched on in stage two"),
+    ({"loss": {"forces": -1.0}}, "must not be negative"),
+    ({"loss": {"energy": 0.0, "forces": 0.0}}, "at least one weight must stay positive"),
+    ({"start": 1.0}, "stage_two.start must be in (0, 1)"),
+    ({"lr": 0.0}, "stage_two.lr must be positive"),
+])
+def test_stage_two_config_errors(io_config_dict, stage, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config_from_dict(io_config_dict("bad_stage", stage_two=stage), "test.yaml")
 
 
 def test_early_stopping(io_config_dict, monkeypatch):

@@ -42,7 +42,10 @@ def plot_learning_curve(path: str, history: List[dict]) -> None:
             panels.append((key, None, label))
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     axes = axes if len(panels) > 1 else [axes]
+    stage_two = [row["epoch"] for row in history if row.get("stage") == 2]  # training.stage_two
     for ax, (a, b, label) in zip(axes, panels):
+        if stage_two:  # its loss has other weights: a step in the loss curves
+            ax.axvline(stage_two[0] - 0.5, color="0.6", linestyle=":", linewidth=1)
         nan = float("nan")
         ax.plot(epochs, [row.get(a, nan) for row in history], label=a.replace("_", " "))
         if b:

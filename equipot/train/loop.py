@@ -95,6 +95,7 @@ class Trainer:
             labels=labels,
         )
         self.epoch, self.best_loss, self.bad_epochs, self.history = 0, math.inf, 0, []
+        self.stage_two = False  # in training.stage_two's part of the run
         if state is not None:
             self._load_state(state)
         return state
@@ -145,6 +146,7 @@ class Trainer:
             "epoch": self.epoch,
             "best_loss": self.best_loss,
             "bad_epochs": self.bad_epochs,
+            "stage_two": self.stage_two,
             "history": json.dumps(self.history),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -170,19 +172,52 @@ class Trainer:
         self.train_loader.load_state_dict(state["train_loader"])
         self.epoch, self.best_loss = int(state["epoch"]), float(state["best_loss"])
         self.bad_epochs, self.history = int(state["bad_epochs"]), json.loads(state["history"])
+        self.stage_two = bool(state.get("stage_two", False))  # absent from checkpoints written before it existed
+
+    # --------------------------------------------------------------- stage two
+    def _weights(self):
+        """The loss weights of this part of the run: training.loss, or stage two's."""
+        t = self.config.training
+        return t.stage_two.weights(t.loss) if self.stage_two else t.loss
+
+    def _fixed_lr(self) -> bool:
+        """Stage two with a learning rate of its own: the scheduler no longer sets it."""
+        return self.stage_two and self.config.training.stage_two.lr is not None
+
+    def _maybe_start_stage_two(self, run_fraction: float) -> None:
+        """Enter stage two once ``start`` of the run is spent: of max_epochs, or of max_minutes
+        (``run_fraction``, the same on every process), whichever comes first. Decided at the start
+        of an epoch, so a run resumed from a checkpoint decides as the uninterrupted run did."""
+        t = self.config.training
+        if t.stage_two is None or self.stage_two:
+            return
+        if max(self.epoch / t.max_epochs, run_fraction) < t.stage_two.start:
+            return
+        self.stage_two = True
+        # the validation loss has other weights now: the best model is chosen in this stage only
+        self.best_loss, self.bad_epochs = math.inf, 0
+        if t.stage_two.lr is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = t.stage_two.lr
+        elif isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler = self._scheduler()  # its record of the best loss belongs to the old weights
+        if self.progress:
+            weights = ", ".join(f"{k} {v:g}" for k, v in t.stage_two.loss.items()) or "unchanged"
+            tqdm.write(f"stage two from epoch {self.epoch + 1}: loss weights {weights}"
+                       + (f", lr {t.stage_two.lr:g}" if t.stage_two.lr is not None else ""))
 
     # --------------------------------------------------------------- epochs
     def _global_counts(self, terms) -> Dict[str, torch.Tensor]:
-        names = loss_names(self.config.training.loss)
+        names = loss_names(self._weights())
         zero = torch.zeros((), dtype=torch.float64)
         counts = self.world.sum(torch.stack([terms[n][1] if n in terms else zero for n in names]))
         return dict(zip(names, counts))
 
     def _train_epoch(self, bar) -> float:
         self.model.train()
-        weights, total, n = self.config.training.loss, 0.0, 0
+        weights, total, n = self._weights(), 0.0, 0
         parameters = [p for p in self.model.parameters() if p.requires_grad]
-        budget = self.config.training.scheduler == "budget"
+        budget = self.config.training.scheduler == "budget" and not self._fixed_lr()
         for step, graph in enumerate(self.train_loader):
             if budget:
                 self._budget_lr(step, len(self.train_loader))
@@ -217,7 +252,7 @@ class Trainer:
 
     def _validate(self) -> Dict[str, float]:
         self.model.eval()
-        weights = self.config.training.loss
+        weights = self._weights()
         acc, sums = ErrorAccumulator(), {}
         for graph in self.valid_loader:
             if graph is None:
@@ -260,6 +295,8 @@ class Trainer:
         budget_s = 60 * t.max_minutes if t.max_minutes is not None else math.inf
         fraction = self._elapsed(start, elapsed_before) / budget_s
         self._budget_pace = (fraction, 0.0)  # the first epoch's pace is not known yet
+        # the spent share of what limits this run's time (the budget schedule: of all runs)
+        run_fraction = fraction if t.scheduler == "budget" else 0.0
         if self.progress and self.world.is_main:
             for split, configs in (("training", self.splits.train), ("validation", self.splits.valid)):
                 partial = {n: k for n, k in label_coverage(configs, required_fields(self.config)).items()
@@ -274,6 +311,7 @@ class Trainer:
             if t.scheduler == "budget" and fraction >= 1.0:
                 stop_reason = "wall_clock"  # a resumed run whose budget was already spent
                 break
+            self._maybe_start_stage_two(run_fraction)
             bar = tqdm(total=len(self.train_loader), desc=f"epoch {self.epoch + 1}/{t.max_epochs}",
                        leave=False, disable=not self.progress)
             train_loss = self._train_epoch(bar)
@@ -293,6 +331,8 @@ class Trainer:
             self.bad_epochs = 0 if improved else self.bad_epochs + 1
             row = {"epoch": self.epoch, "wall_s": round(elapsed_before + time.time() - start, 3),
                    "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss, **metrics}
+            if t.stage_two is not None:
+                row["stage"] = 2 if self.stage_two else 1
             self.history.append(row)
             if self.world.is_main:
                 save_checkpoint(os.path.join(self.out, CHECKPOINT), self._state())
@@ -310,6 +350,7 @@ class Trainer:
             # the budget schedule spends max_minutes over all runs of the training (a resumed
             # run finishes the same schedule); otherwise max_minutes limits this run
             this_run = elapsed if t.scheduler == "budget" else elapsed - elapsed_before
+            run_fraction = this_run / budget_s
             if this_run > budget_s:
                 stop_reason = "wall_clock"
                 break
@@ -348,6 +389,8 @@ class Trainer:
         write_json(os.path.join(self.out, "test_metrics.json"), results)
 
     def _step_scheduler(self, valid_loss: float) -> None:
+        if self._fixed_lr():
+            return
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(valid_loss)
         elif self.scheduler is not None:
