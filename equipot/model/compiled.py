@@ -93,7 +93,10 @@ class CompiledPotential:
         # runs each, not kept as records), and an MD run compiles once for many steps. Since
         # ChannelConvolution works on contiguous channel rows, a lmax 1 / 16-channel training step
         # is 9 % faster with them (15.7 against 17.3 ms, interleaved in one process on the EPYC
-        # machine); the default stays off until the compile time and lmax 2 are measured again
+        # machine); with edge harmonics to l = 3 (lmax 1 / 32 channels, l = 1 messages, mixed
+        # products) a training step was slower with them, 99.0 against 88.7 ms (medians of 40
+        # interleaved in one process, EPYC, both cores busy), and its cold compile took 434 against
+        # 31 s: so off for training
         if vectorize is None:
             vectorize = inference
         self.options = None if vectorize or backend != "inductor" else {"cpp.simdlen": 1}
