@@ -475,3 +475,16 @@ def test_test_files_are_evaluated_with_the_best_model(io_config_dict, io_small_x
     with pytest.raises(ConfigError, match="data.test: file not found: nowhere/test.xyz"):
         train(values)
     assert not os.path.exists(os.path.join(values["output_dir"], CHECKPOINT))
+
+
+@pytest.mark.parametrize("name", ["fast", "accurate"])
+def test_example_configs_train(name, io_small_xyz, tmp_path):
+    """examples/configs: valid, and their models train (one eager epoch on 12 structures)."""
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "configs", f"{name}.yaml")
+    values = load_config(path).to_dict()
+    values["output_dir"] = str(tmp_path / name)
+    values["data"].update(train=str(io_small_xyz), valid_fraction=0.25)
+    values["training"].update(max_epochs=1, compile=False)
+    config, result = train(values)
+    assert result["epochs"] == 1 and np.isfinite(result["best_valid_loss"])
+    assert load_model(os.path.join(config.output_dir, MODEL)).model_config == load_config(path).model
