@@ -111,8 +111,9 @@ class LossConfig:
 @dataclass
 class StageTwoConfig:
     """The last part of a run with other loss weights (MACE's "SWA" stage): typically a larger
-    energy weight once the forces have been learnt, which lowers the energy error at little
-    cost in the forces. The best model is then chosen among the epochs of this stage only."""
+    energy weight once the forces have been learnt, meant to lower the energy error of a run
+    near convergence (after 25 minutes on acac it changed little: README, Benchmarks). The best
+    model is then chosen among the epochs of this stage only."""
 
     # where it starts: this fraction of max_minutes (when set) or of max_epochs, whichever is
     # reached first; with scheduler budget, of the budget of all runs together
@@ -376,7 +377,8 @@ def _validate_stage_two(s: StageTwoConfig, w: LossConfig, source: str) -> None:
         if weight < 0:
             raise ConfigError(f"{source}: training.stage_two.loss.{name} must not be negative, got {weight}")
         if weight > 0 and w.weight(name) <= 0:
-            raise ConfigError(f"{source}: training.stage_two.loss.{name} is positive but training.loss.{name} is 0: a "
+            base = f"training.loss.{'outputs.' if name in w.outputs else ''}{name}"
+            raise ConfigError(f"{source}: training.stage_two.loss.{name} is positive but {base} is 0: a "
                               f"term cannot be switched on in stage two (its labels are read for the terms of "
                               f"training.loss); give it a small weight in training.loss")
     checks = [
