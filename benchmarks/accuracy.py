@@ -154,7 +154,9 @@ def main() -> None:
         + ("" if args.n_train is None else f"-n{args.n_train}")
         + ("" if args.scheduler == "plateau" else f"-{args.scheduler}")
         + ("" if args.seed == 1234 else f"-seed{args.seed}")
-        + ("" if args.stage_two is None else f"-s2at{args.stage_two:g}")
+        + ("" if args.stage_two is None else f"-s2at{args.stage_two:g}"
+           + ("" if args.stage_two_weights == [1000.0, 100.0] else "-e{:g}f{:g}".format(*args.stage_two_weights))
+           + ("" if args.stage_two_lr is None else f"-lr{args.stage_two_lr:g}"))
         + ("-compiled" if args.compile else "")
     )
     n_train = spec["n_train"] if args.n_train is None else args.n_train
