@@ -10,6 +10,7 @@ The validation split (seeded) is carved from the training file; test files are o
 
 import argparse
 import csv
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -96,6 +97,28 @@ def energy_curve(model, path, png) -> None:
     plt.close(fig)
 
 
+COMMANDS = "commands.txt"  # in the run's folder: the training command of each part of the run
+
+
+def log_command(out_dir: Path, command: str, resume: bool) -> None:
+    """Record this part's training command (a fresh run starts the list again). A part resumed
+    with the same arguments (after a crash or a kill) trains what the first command alone would
+    have, so it is not listed; one resumed with another budget is."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = training_commands(out_dir) if resume else []
+    plain = shlex.split(command)
+    if not lines or [x for x in shlex.split(lines[-1]) if x != "--resume"] != [x for x in plain if x != "--resume"]:
+        lines.append(command)
+    tmp = out_dir / (COMMANDS + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(out_dir / COMMANDS)
+
+
+def training_commands(out_dir: Path) -> list:
+    path = out_dir / COMMANDS
+    return [x for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("dataset", choices=sorted(DATASETS))
@@ -136,6 +159,7 @@ def main() -> None:
                         "with --scheduler budget, --budget-minutes is the budget of the whole run and a resumed "
                         "run finishes what is left of it")
     args = p.parse_args()
+    command = "python " + shlex.join(["benchmarks/accuracy.py"] + [x for x in sys.argv[1:] if x != "--eval-only"])
     # the record names the training command; --eval-only re-evaluates that same run
     sys.argv = [x for x in sys.argv if x not in ("--eval-only", "--resume")]
     torch.set_num_threads(args.threads)
@@ -181,7 +205,10 @@ def main() -> None:
                          "loss": dict(zip(("energy", "forces"), args.stage_two_weights))}},
     }, "benchmark config")
     if not args.eval_only:
-        Trainer(config, progress=False).run(resume=args.resume and Path(out_dir, CHECKPOINT).exists())
+        resume = args.resume and Path(out_dir, CHECKPOINT).exists()
+        log_command(Path(out_dir), command, resume)
+        Trainer(config, progress=False).run(resume=resume)
+    commands = training_commands(Path(out_dir))
     # the run's own record: its epochs, and the wall-clock of all its training (every resumed part)
     history = list(csv.DictReader(open(f"{out_dir}/metrics.csv")))
     result, train_wall = {"epochs": len(history)}, float(history[-1]["wall_s"])
@@ -217,11 +244,15 @@ def main() -> None:
                                 "metric": f"energy_{m}", "value": e, "unit": "meV"})
             records.append({"model": f"published:{peer}", "variant": "paper", "dataset": args.dataset, "split": test,
                             "metric": f"forces_{m}", "value": f, "unit": "meV/A"})
-    path = write_result(f"{args.dataset}-{variant}", args.threads, records)
+    # a run resumed with another budget (a warm restart of the schedule) is not what one
+    # command with the final budget would train: the record names every part
+    path = write_result(f"{args.dataset}-{variant}", args.threads, records,
+                        {"command": " && ".join(commands)} if len(commands) > 1 else None)
     md = [f"# {args.dataset}: equipot {variant}, {train_wall / 60:.0f} min of training",
           "", f"Machine: {machine(args.threads)['cpu']}, {args.threads} thread(s); {args.dtype}; "
           f"{result['epochs']} epochs in {train_wall / 60:.1f} min; {n_params} parameters; "
-          f"command: `python benchmarks/accuracy.py {' '.join(sys.argv[1:])}`",
+          "command" + (f"s, one after the other: `{'` then `'.join(commands)}`" if len(commands) > 1
+                       else f": `python benchmarks/accuracy.py {' '.join(sys.argv[1:])}`"),
           "", "| split | E RMSE (meV) | F RMSE (meV/Å) | E MAE (meV) | F MAE (meV/Å) |", "|---|---|---|---|---|"]
     md += [f"| {t} | {a:.2f} | {b:.2f} | {c:.2f} | {d:.2f} |" for t, a, b, c, d in rows]
     (DOCS / f"{args.dataset}-{variant}.md").write_text("\n".join(md) + "\n")
