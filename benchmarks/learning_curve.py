@@ -46,9 +46,14 @@ MODELS = {
     "lmax3": {"model": {"lmax": 3, "channels": 32}},
     "invariant": {"model": {"lmax": 0, "channels": 32}},
     "cartesian": {"model": {"architecture": "cartesian", "channels": 64}, "training": {"augment_rotations": True}},
+    # the recipe of examples/configs/fast.yaml (scalar messages, sh_lmax 3, mixed products,
+    # compiled; the compile is paid inside each point's budget)
+    "fast": {"model": {"lmax": 1, "channels": 32, "message_lmax": 0, "sh_lmax": 3, "product_mixing": True},
+             "training": {"compile": True}},
 }
 LABELS = {"lmax1": "equipot lmax 1", "lmax2": "equipot lmax 2", "lmax3": "equipot lmax 3",
-          "invariant": "invariant (lmax 0)", "cartesian": "Cartesian MLP + rotations"}
+          "invariant": "invariant (lmax 0)", "cartesian": "Cartesian MLP + rotations",
+          "fast": "equipot fast.yaml recipe"}
 
 
 def budget_minutes(n: int, args) -> float:
@@ -113,6 +118,9 @@ def run_point(dataset: str, name: str, n: int, args) -> dict:
         if point.get("patience") != args.patience:
             raise SystemExit(f"{record_path} was trained with patience {point.get('patience')}, not "
                              f"{args.patience}: keep the two sets apart with --tag")
+        if point.get("forces_weight", 100.0) != args.forces_weight:
+            raise SystemExit(f"{record_path} was trained with forces weight {point.get('forces_weight', 100.0):g}, "
+                             f"not {args.forces_weight:g}: keep the two sets apart with --tag")
         if not math.isclose(point["budget_minutes"], budget_minutes(n, args)):
             raise SystemExit(f"{record_path} was trained for {point['budget_minutes']:g} min, not "
                              f"{budget_minutes(n, args):g}: keep the two sets apart with --tag")
@@ -128,7 +136,7 @@ def run_point(dataset: str, name: str, n: int, args) -> dict:
                      "max_epochs": 100000, "max_minutes": minutes, "patience": args.patience or 100000,
                      "scheduler": args.scheduler,
                      "lr_patience": 10, "lr_factor": 0.8, "ema_decay": 0.99,
-                     "loss": {"energy": 1.0, "forces": 100.0}, **MODELS[name].get("training", {})},
+                     "loss": {"energy": 1.0, "forces": args.forces_weight}, **MODELS[name].get("training", {})},
     }
     print(f"[{time.strftime('%H:%M:%S')}] {dataset} {name} N={n}: training {minutes:.1f} min", flush=True)
     model, result, wall = train_model(values)
@@ -143,7 +151,7 @@ def run_point(dataset: str, name: str, n: int, args) -> dict:
              "rotated_forces_rmse_std": float(rmses.std()), "rotated_forces_rmse_range": float(rmses.max() - rmses.min()),
              "n_rotations": args.rotations, "n_rotated_configs": len(configs), "threads": args.threads,
              "command": "python " + " ".join(["benchmarks/learning_curve.py"] + sys.argv[1:]),
-             "patience": args.patience, "scheduler": args.scheduler}
+             "patience": args.patience, "scheduler": args.scheduler, "forces_weight": args.forces_weight}
     record_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = record_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(point, indent=1))
@@ -216,9 +224,10 @@ def report(dataset: str, args) -> None:
     doc = doc_name(dataset)
     budgets = {p["n_train"]: p["budget_minutes"] for p in points}  # the same rule for every model of a curve
     patience = sorted({p.get("patience") or 0 for p in points})
+    weights = sorted({p.get("forces_weight", 100.0) for p in points})
     path = write_result(doc, threads, records,
                         extra={"budget_minutes": {str(n): b for n, b in sorted(budgets.items())},
-                               "patience": patience, "scheduler": schedulers})
+                               "patience": patience, "scheduler": schedulers, "forces_weight": weights})
     sizes = sorted({p["n_train"] for p in points})
     md = [f"# Learning curves: {dataset}, force MAE on {split} (meV/Å)", "",
           f"Machine: {machine(threads)['cpu']}, {threads} thread(s) per run; float32 training; each point trained for "
@@ -228,6 +237,7 @@ def report(dataset: str, args) -> None:
              if any(patience) else "")
           + ", learning rate " + " / ".join({"plateau": "×0.8 on plateaus", "budget": "a cosine to 0 over the budget"}[x]
                                             for x in schedulers)
+          + ", loss weight of the forces " + " / ".join(f"{w:g}" for w in weights) + " (energy per atom 1)"
           + f". Command: `python benchmarks/learning_curve.py {dataset} ...` "
           "(see the JSON). Slope: least-squares slope of log F MAE against log N.", "",
           "| model | " + " | ".join(f"N={n}" for n in sizes) + " | slope | spread over rotations (std, meV/Å) |",
@@ -297,6 +307,8 @@ def main() -> None:
                    help="stop a point after this many epochs without a better validation loss (default: never)")
     p.add_argument("--scheduler", default="plateau", choices=["plateau", "budget"],
                    help="learning rate: ×0.8 on plateaus, or a cosine to 0 over each point's budget")
+    p.add_argument("--forces-weight", type=float, default=100.0,
+                   help="loss weight of the forces, every model (energy per atom: 1)")
     p.add_argument("--tag", default="", help="keep these points apart from others (another budget)")
     p.add_argument("--runs", default=None, help="folder of the points (default runs/learning_curve)")
     args = p.parse_args()
