@@ -112,7 +112,7 @@ class LossConfig:
 class StageTwoConfig:
     """The last part of a run with other loss weights (MACE's "SWA" stage): typically a larger
     energy weight once the forces have been learnt, meant to lower the energy error of a run
-    near convergence (after 25 minutes on acac it changed little: README, Benchmarks). The best
+    near convergence (after 25 minutes on acac it changed little: docs/results.md). The best
     model is then chosen among the epochs of this stage only."""
 
     # where it starts: this fraction of max_minutes (when set) or of max_epochs, whichever is
