@@ -124,6 +124,7 @@ def main() -> None:
     p.add_argument("dataset", choices=sorted(DATASETS))
     p.add_argument("--budget-minutes", type=float, default=25.0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="training.device: cpu or cuda (evaluation stays on the CPU)")
     p.add_argument("--channels", type=int, default=64)
     p.add_argument("--lmax", type=int, default=1)
     p.add_argument("--parity", default="natural")
@@ -182,6 +183,7 @@ def main() -> None:
            + ("" if args.stage_two_weights == [1000.0, 100.0] else "-e{:g}f{:g}".format(*args.stage_two_weights))
            + ("" if args.stage_two_lr is None else f"-lr{args.stage_two_lr:g}"))
         + ("-compiled" if args.compile else "")
+        + ("" if args.device == "cpu" else f"-{args.device}")
     )
     n_train = spec["n_train"] if args.n_train is None else args.n_train
     out_dir = args.out or f"runs/{args.dataset}-{variant}"
@@ -195,7 +197,7 @@ def main() -> None:
                  "e0s": spec["e0s"] if spec["e0s"] == "fit" else str(DATA / spec["e0s"]),
                  "keys": {"energy": "energy", "forces": "forces"}, "max_train": n_train},
         "model": model_cfg,
-        "training": {"dtype": args.dtype, "threads": args.threads, "batch_size": args.batch_size,
+        "training": {"dtype": args.dtype, "device": args.device, "threads": args.threads, "batch_size": args.batch_size,
                      "lr": args.lr, "max_epochs": 100000, "max_minutes": args.budget_minutes,
                      "patience": 100000, "scheduler": args.scheduler, "lr_patience": 10, "lr_factor": 0.8,
                      "ema_decay": 0.99, "loss": {"energy": 1.0, "forces": args.forces_weight},
@@ -216,7 +218,8 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters())
     records, rows = [], []
     common = {"model": "equipot", "variant": variant, "dataset": args.dataset, "train_wall_s": round(train_wall),
-              "dtype": args.dtype, "n_train": n_train, "epochs": result["epochs"], "n_params": n_params}
+              "dtype": args.dtype, "n_train": n_train, "epochs": result["epochs"], "n_params": n_params,
+              **({} if args.device == "cpu" else {"device": args.device})}
     # the validation split's errors at the epoch whose weights were exported (lowest validation loss)
     best = min(history, key=lambda row: float(row["valid_loss"]))
     valid = {m: float(best[f"valid_{m}"]) for m in ("energy_rmse", "forces_rmse", "energy_mae", "forces_mae") if f"valid_{m}" in best}
@@ -249,7 +252,8 @@ def main() -> None:
     path = write_result(f"{args.dataset}-{variant}", args.threads, records,
                         {"command": " && ".join(commands)} if len(commands) > 1 else None)
     md = [f"# {args.dataset}: equipot {variant}, {train_wall / 60:.0f} min of training",
-          "", f"Machine: {machine(args.threads)['cpu']}, {args.threads} thread(s); {args.dtype}; "
+          "", f"Machine: {machine(args.threads)['cpu']}, {args.threads} thread(s)"
+          + (f", trained on the GPU ({machine(args.threads)['gpu']})" if args.device != "cpu" else "") + f"; {args.dtype}; "
           f"{result['epochs']} epochs in {train_wall / 60:.1f} min; {n_params} parameters; "
           "command" + (f"s, one after the other: `{'` then `'.join(commands)}`" if len(commands) > 1
                        else f": `python benchmarks/accuracy.py {' '.join(sys.argv[1:])}`"),

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+# ../shared/data beside the checkout; EQUIPOT_DATA names another copy (a machine without ../shared)
+DATA = Path(os.environ.get("EQUIPOT_DATA", REPO.parent / "shared" / "data"))
 DOCS = REPO / "docs" / "benchmarks"
 
 
@@ -26,7 +27,10 @@ def cpu_name() -> str:
 
 
 def machine(threads: int) -> dict:
-    return {"cpu": f"{cpu_name()} ({os.cpu_count()} cores)", "gpu": None, "threads": threads}
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": f"{cpu_name()} ({os.cpu_count()} cores)", "gpu": gpu, "threads": threads}
 
 
 def commit() -> str:

@@ -50,6 +50,9 @@ EQUIPOT_MODELS = {  # label: model settings (as in benchmarks/accuracy.py)
                                                                      "product_mixing": True, "sh_lmax": 3},
     "equipot lmax 1, 16 ch, mixed products, sh 3": {"lmax": 1, "channels": 16, "product_mixing": True, "sh_lmax": 3},
     "equipot lmax 2, 32 ch": {"lmax": 2, "channels": 32},
+    # the two long-run models (examples/configs/accurate.yaml, and l = 1 messages with sh 3)
+    "equipot lmax 1, 32 ch, mixed products, sh 3": {"lmax": 1, "channels": 32, "product_mixing": True, "sh_lmax": 3},
+    "equipot lmax 2, 64 ch, mixed products": {"lmax": 2, "channels": 64, "product_mixing": True},
 }
 PEER_LABELS = {"mace": "MACE 2 layers, 64x0e+64x1o, max_ell 3", "nequip": "NequIP 3 layers, 32 features, l_max 1"}
 

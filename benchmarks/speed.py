@@ -94,7 +94,7 @@ def peak_rss_since_reset() -> float | None:
 
 
 def measure(model: str, n_atoms: int, threads: int, dtype: str, repeats: int, compile: bool = False,
-            tabulate: Optional[bool] = None) -> dict:
+            tabulate: Optional[bool] = None, device: str = "cpu") -> dict:
     import torch
 
     from equipot import EquipotCalculator
@@ -105,7 +105,7 @@ def measure(model: str, n_atoms: int, threads: int, dtype: str, repeats: int, co
 
         inductor_config.force_disable_caches = True
     atoms = acac_box(max(1, n_atoms // 15))
-    atoms.calc = EquipotCalculator(model, dtype=dtype, compile=compile, tabulate=tabulate)
+    atoms.calc = EquipotCalculator(model, device=device, dtype=dtype, compile=compile, tabulate=tabulate)
     tabulated = bool(getattr(atoms.calc.model.energy_model, "radial_tabulated", False))
     times, first, steps_peak_mb = [], None, None
     for k in range(repeats + 2):
@@ -126,7 +126,7 @@ def measure(model: str, n_atoms: int, threads: int, dtype: str, repeats: int, co
 
     form = contextlib.nullcontext()
     if compile:  # the counter is a dispatch mode, which compiled code cannot run under: count the eager model
-        atoms.calc = EquipotCalculator(model, dtype=dtype, tabulate=tabulated)  # the timed model's radial form
+        atoms.calc = EquipotCalculator(model, device=device, dtype=dtype, tabulate=tabulated)  # the timed model's radial form
         from equipot.o3.channel_product import sparse_products
 
         form = sparse_products()  # and its node products' form: sums of terms, no matrix products
@@ -151,21 +151,24 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="EquipotCalculator(compile=True); the compile is not timed")
     p.add_argument("--no-tabulate", action="store_true",
                    help="EquipotCalculator(tabulate=False): the radial networks, not their tables (the default of compiled float32 evaluation)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (forces come back to the host each call, as in MD)")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child process
     args = p.parse_args()
     if args.one:
         print(json.dumps(measure(args.model, args.sizes[0], args.threads, args.dtype, args.repeats, args.compile,
-                                 False if args.no_tabulate else None)))
+                                 False if args.no_tabulate else None, args.device)))
         return
     records, rows = [], []
     for n in args.sizes:
         cmd = [sys.executable, __file__, args.model, "--one", "--threads", str(args.threads), "--dtype", args.dtype,
-               "--sizes", str(n), "--repeats", str(args.repeats)] + (["--compile"] if args.compile else []) \
+               "--sizes", str(n), "--repeats", str(args.repeats), "--device", args.device] \
+            + (["--compile"] if args.compile else []) \
             + (["--no-tabulate"] if args.no_tabulate else [])
         r = json.loads(subprocess.check_output(cmd, text=True).strip().splitlines()[-1])
         rows.append(r)
         base = {"model": "equipot", "variant": args.tag, "dataset": "acac-box", "dtype": args.dtype,
-                "n_atoms": r["n_atoms"], "threads": args.threads, "neighbors_5A": round(r["neighbors_5A"], 2)}
+                "n_atoms": r["n_atoms"], "threads": args.threads, "neighbors_5A": round(r["neighbors_5A"], 2),
+                **({} if args.device == "cpu" else {"device": args.device})}
         records += [
             {**base, "metric": "latency", "value": round(r["latency_ms"], 3), "unit": "ms"},
             {**base, "metric": "throughput", "value": round(r["us_per_atom"], 2), "unit": "us/atom/step"},
@@ -181,8 +184,11 @@ def main() -> None:
     name = f"speed-{args.tag}-{args.dtype}-t{args.threads}"
     write_result(name, args.threads, records)
     md = [f"# Speed: {args.tag}, {args.dtype}, {args.threads} thread(s)", "",
-          f"Machine: {machine(args.threads)['cpu']}. Energy + forces through the ASE calculator, neighbour list "
+          f"Machine: {machine(args.threads)['cpu']}"
+          + (f", on the GPU ({machine(args.threads)['gpu']})" if args.device != "cpu" else "")
+          + ". Energy + forces through the ASE calculator, neighbour list "
           f"included; median of {args.repeats} calls. Command: `python benchmarks/speed.py MODEL --threads {args.threads} --dtype {args.dtype}"
+          + ("" if args.device == "cpu" else f" --device {args.device}")
           + (" --compile" if args.compile else "") + (" --no-tabulate" if args.no_tabulate else "")
           + f"`; radial networks {'tabulated' if rows[0].get('radial_tables') else 'evaluated'}. Peak RSS: of the whole process (with --compile, the compiler's own memory too), and over "
           "the calls after the first (the steps alone; Linux only)", "",

@@ -48,7 +48,7 @@ class World:
         flat = torch.cat([
             (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(torch.float64)
             for p in parameters
-        ] + [torch.tensor([extra], dtype=torch.float64)])
+        ] + [torch.tensor([extra], dtype=torch.float64, device=parameters[0].device if parameters else None)])
         self.sum(flat)
         start = 0
         for p in parameters:
