@@ -106,6 +106,10 @@ def main() -> None:
                         "on the conformer")
     p.add_argument("--weight-decay", type=float, default=0.0,
                    help="training.optimizer adamw with this decoupled weight decay (against memorising the training molecules)")
+    p.add_argument("--tta", type=int, default=0, metavar="K",
+                   help="also read R/S as the mean over each validation and test structure and K copies of it with "
+                        "every rotatable bond turned at random (the same copies for every seed): one model, its "
+                        "prediction averaged over conformers that share the structure's R/S")
     p.add_argument("--tag", default="", help="appended to the result's name (a rerun on another machine, say)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -121,7 +125,7 @@ def main() -> None:
     variant += f"-ef{args.forces_weight:g}" if args.forces_weight > 0 else ""
     variant += f"-wd{args.weight_decay:g}" if args.weight_decay > 0 else ""
     variant += f"-{args.budget_minutes:g}min" if args.budget_minutes != 10.0 else ""
-    seeds_tag = "" if args.seeds == [11] else "-seed" + "-".join(map(str, args.seeds))
+    seeds_tag = ("" if args.seeds == [11] else "-seed" + "-".join(map(str, args.seeds))) + (f"-tta{args.tta}" if args.tta else "")
     frames = ase.io.read(str(DATA / "xtb/chirality/train.xyz"), ":")
     split = {name: [a for a in frames if (a.info["molecule"] in TEST) == (name == "test")
                     and (a.info["molecule"] in VALID) == (name == "valid")] for name in ("train", "valid", "test")}
@@ -139,6 +143,12 @@ def main() -> None:
               else "0e" if args.invariant else "0o")
     # a per-atom MSE is a mean over atoms: weight it by the mean atom count, so the stereocentre counts as one structure did
     output_weight = float(np.mean([len(a) for a in split["train"]])) if args.site_labels else 1.0
+    turned_files = {}
+    if args.tta:  # K turned copies of every validation and test structure, in order, drawn once for all seeds
+        rng = np.random.default_rng(2024)
+        for name in ("valid", "test"):
+            copies = [c for a in split[name] for c in torsion_conformers(a, args.tta, rng, graphs[a.info["molecule"]])]
+            turned_files[name] = write_frames(REPO / "runs" / f"chirality-tta{args.tta}" / f"{name}.xyz", copies)
     runs = []  # one dict per seed
     for seed in args.seeds:
         out = REPO / "runs" / (f"chirality-{variant}" + (f"-seed{seed}" if seed != 11 else ""))
@@ -172,9 +182,13 @@ def main() -> None:
         with open(out / "train" / "metrics.csv") as f:
             history = list(csv.DictReader(f))
         preds = {name: predictions(model, files[name], model.output_fields, label_key) for name in split}
+        tta = {}
+        for name, path in turned_files.items():  # the structure's own output and its K copies', averaged
+            copies = predictions(model, path, model.output_fields, label_key)[0].reshape(-1, args.tta)
+            tta[name] = (preds[name][0] + copies.sum(axis=1)) / (args.tta + 1)
         runs.append({"seed": seed, "epochs": len(history), "wall": float(history[-1]["wall_s"]), "reused": reused,
                      "n_params": sum(x.numel() for x in model.parameters()),
-                     "pred": {name: p for name, (p, _) in preds.items()}})
+                     "pred": {name: p for name, (p, _) in preds.items()}, "tta": tta})
     ref = {name: preds[name][1] for name in split}  # the same structures for every seed
     names = np.array([a.info["molecule"] for a in split["test"]])
     conformers = np.array([a.info.get("conformer", -1) for a in split["test"]])
@@ -200,8 +214,14 @@ def main() -> None:
         records += [{**common, "seed": run["seed"], "train_wall_s": round(run["wall"]), "epochs": run["epochs"],
                      "reused": run["reused"], "split": name, "metric": "sign_accuracy", "value": round(acc[name], 4),
                      "unit": ""} for name in split]
-        rows.append((f"seed {run['seed']}", run["epochs"], *(pct(acc[name]) for name in split)))
+        tta = {name: sign_accuracy(run["tta"][name], ref[name]) for name in run["tta"]}
+        records += [{**common, "seed": run["seed"], "split": name, "metric": "sign_accuracy_tta", "value": round(a, 4),
+                     "unit": "", "turned_copies": args.tta} for name, a in tta.items()]
+        rows.append((f"seed {run['seed']}", run["epochs"], *(pct(acc[name]) for name in split),
+                     *(pct(tta[name]) for name in tta)))
         per_molecule[f"seed {run['seed']}"] = by_molecule(run["pred"]["test"])
+        if args.tta:
+            per_molecule[f"seed {run['seed']}, with {args.tta} turned copies"] = by_molecule(run["tta"]["test"])
     if len(runs) > 1:
         accs = {name: [sign_accuracy(run["pred"][name], ref[name]) for run in runs] for name in split}
         ensemble = {name: np.mean([run["pred"][name] for run in runs], axis=0) for name in split}
@@ -211,9 +231,19 @@ def main() -> None:
                                   ("sign_accuracy_ensemble", sign_accuracy(ensemble[name], ref[name]))):
                 records.append({**common, "seeds": args.seeds, "split": name, "metric": metric,
                                 "value": round(float(value), 4), "unit": ""})
-        rows.append(("mean ± std", "", *(f"{100 * np.mean(accs[name]):.1f} ± {100 * np.std(accs[name], ddof=1):.1f} %"
-                                          for name in split)))
-        rows.append(("ensemble", "", *(pct(sign_accuracy(ensemble[name], ref[name])) for name in split)))
+        accs_tta = {name: [sign_accuracy(run["tta"][name], ref[name]) for run in runs] for name in turned_files}
+        ensemble_tta = {name: np.mean([run["tta"][name] for run in runs], axis=0) for name in turned_files}
+        for name in turned_files:
+            for metric, value in (("sign_accuracy_tta_mean", np.mean(accs_tta[name])),
+                                  ("sign_accuracy_tta_std", np.std(accs_tta[name], ddof=1)),
+                                  ("sign_accuracy_tta_ensemble", sign_accuracy(ensemble_tta[name], ref[name]))):
+                records.append({**common, "seeds": args.seeds, "split": name, "metric": metric,
+                                "value": round(float(value), 4), "unit": "", "turned_copies": args.tta})
+        spread = lambda a: f"{100 * np.mean(a):.1f} ± {100 * np.std(a, ddof=1):.1f} %"  # noqa: E731
+        rows.append(("mean ± std", "", *(spread(accs[name]) for name in split),
+                     *(spread(accs_tta[name]) for name in turned_files)))
+        rows.append(("ensemble", "", *(pct(sign_accuracy(ensemble[name], ref[name])) for name in split),
+                     *(pct(sign_accuracy(ensemble_tta[name], ref[name])) for name in turned_files)))
         per_molecule["ensemble"] = by_molecule(ensemble["test"])
     last = ensemble["test"] if len(runs) > 1 else runs[0]["pred"]["test"]
     per_conformer = by_conformer(last)
@@ -230,7 +260,9 @@ def main() -> None:
           + (f", and {args.torsions} turned conformers of each training structure" if args.torsions else "")
           + "; command: "
           f"`python benchmarks/chirality.py {shlex.join(sys.argv[1:])}`",
-          "", f"| model | epochs | train | {'valid (trained on)' if args.no_valid else 'valid'} | test |", "|---|---|---|---|---|"]
+          "", f"| model | epochs | train | {'valid (trained on)' if args.no_valid else 'valid'} | test |"
+          + (f" valid, mean over {args.tta} turned copies too | test, mean over {args.tta} turned copies too |" if args.tta else ""),
+          "|---|---|---|---|---|" + ("---|---|" if args.tta else "")]
     md += [f"| {' | '.join(map(str, r))} |" for r in rows]
     md += ["", "Test accuracy per molecule:", ""]
     md += [f"- {who}: " + ", ".join(f"{m} {100 * a:.0f} %" for m, a in scores.items())
