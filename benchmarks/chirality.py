@@ -223,22 +223,19 @@ def main() -> None:
         if args.tta:
             per_molecule[f"seed {run['seed']}, with {args.tta} turned copies"] = by_molecule(run["tta"]["test"])
     if len(runs) > 1:
-        accs = {name: [sign_accuracy(run["pred"][name], ref[name]) for run in runs] for name in split}
-        ensemble = {name: np.mean([run["pred"][name] for run in runs], axis=0) for name in split}
-        for name in split:
-            for metric, value in (("sign_accuracy_mean", np.mean(accs[name])),
-                                  ("sign_accuracy_std", np.std(accs[name], ddof=1)),
-                                  ("sign_accuracy_ensemble", sign_accuracy(ensemble[name], ref[name]))):
-                records.append({**common, "seeds": args.seeds, "split": name, "metric": metric,
-                                "value": round(float(value), 4), "unit": ""})
-        accs_tta = {name: [sign_accuracy(run["tta"][name], ref[name]) for run in runs] for name in turned_files}
-        ensemble_tta = {name: np.mean([run["tta"][name] for run in runs], axis=0) for name in turned_files}
-        for name in turned_files:
-            for metric, value in (("sign_accuracy_tta_mean", np.mean(accs_tta[name])),
-                                  ("sign_accuracy_tta_std", np.std(accs_tta[name], ddof=1)),
-                                  ("sign_accuracy_tta_ensemble", sign_accuracy(ensemble_tta[name], ref[name]))):
-                records.append({**common, "seeds": args.seeds, "split": name, "metric": metric,
-                                "value": round(float(value), 4), "unit": "", "turned_copies": args.tta})
+        def over_seeds(key, names, prefix, extra):
+            """Each split's accuracy per seed and the committee's outputs; their records."""
+            accs = {name: [sign_accuracy(run[key][name], ref[name]) for run in runs] for name in names}
+            ensemble = {name: np.mean([run[key][name] for run in runs], axis=0) for name in names}
+            for name in names:
+                for metric, value in ((f"{prefix}_mean", np.mean(accs[name])), (f"{prefix}_std", np.std(accs[name], ddof=1)),
+                                      (f"{prefix}_ensemble", sign_accuracy(ensemble[name], ref[name]))):
+                    records.append({**common, "seeds": args.seeds, "split": name, "metric": metric,
+                                    "value": round(float(value), 4), "unit": "", **extra})
+            return accs, ensemble
+
+        accs, ensemble = over_seeds("pred", split, "sign_accuracy", {})
+        accs_tta, ensemble_tta = over_seeds("tta", turned_files, "sign_accuracy_tta", {"turned_copies": args.tta})
         spread = lambda a: f"{100 * np.mean(a):.1f} ± {100 * np.std(a, ddof=1):.1f} %"  # noqa: E731
         rows.append(("mean ± std", "", *(spread(accs[name]) for name in split),
                      *(spread(accs_tta[name]) for name in turned_files)))
