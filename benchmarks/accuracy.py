@@ -251,9 +251,10 @@ def main() -> None:
     # command with the final budget would train: the record names every part
     path = write_result(f"{args.dataset}-{variant}", args.threads, records,
                         {"command": " && ".join(commands)} if len(commands) > 1 else None)
+    where = machine(args.threads)
     md = [f"# {args.dataset}: equipot {variant}, {train_wall / 60:.0f} min of training",
-          "", f"Machine: {machine(args.threads)['cpu']}, {args.threads} thread(s)"
-          + (f", trained on the GPU ({machine(args.threads)['gpu']})" if args.device != "cpu" else "") + f"; {args.dtype}; "
+          "", f"Machine: {where['cpu']}, {args.threads} thread(s)"
+          + (f", trained on the GPU ({where['gpu']})" if args.device != "cpu" else "") + f"; {args.dtype}; "
           f"{result['epochs']} epochs in {train_wall / 60:.1f} min; {n_params} parameters; "
           "command" + (f"s, one after the other: `{'` then `'.join(commands)}`" if len(commands) > 1
                        else f": `python benchmarks/accuracy.py {' '.join(sys.argv[1:])}`"),

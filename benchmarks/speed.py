@@ -183,9 +183,9 @@ def main() -> None:
         print(f"{r['n_atoms']:7d} atoms  {r['latency_ms']:10.2f} ms  {r['us_per_atom']:9.1f} µs/atom  {r['peak_mb']:8.0f} MB", flush=True)
     name = f"speed-{args.tag}-{args.dtype}-t{args.threads}"
     write_result(name, args.threads, records)
+    where = machine(args.threads)
     md = [f"# Speed: {args.tag}, {args.dtype}, {args.threads} thread(s)", "",
-          f"Machine: {machine(args.threads)['cpu']}"
-          + (f", on the GPU ({machine(args.threads)['gpu']})" if args.device != "cpu" else "")
+          f"Machine: {where['cpu']}" + (f", on the GPU ({where['gpu']})" if args.device != "cpu" else "")
           + ". Energy + forces through the ASE calculator, neighbour list "
           f"included; median of {args.repeats} calls. Command: `python benchmarks/speed.py MODEL --threads {args.threads} --dtype {args.dtype}"
           + ("" if args.device == "cpu" else f" --device {args.device}")
