@@ -28,8 +28,10 @@ def periodic_acac(frames, copies=2):
 
 
 def results(atoms, model, device, **kwargs):
+    """Energy, forces and stress of ``atoms`` from ``model`` (a model file or a Potential), float64."""
     atoms = atoms.copy()
-    atoms.calc = EquipotCalculator(str(model), device=device, dtype="float64", **kwargs)
+    model = model if isinstance(model, torch.nn.Module) else str(model)
+    atoms.calc = EquipotCalculator(model, device=device, dtype="float64", **kwargs)
     return atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
 
 
@@ -56,22 +58,13 @@ def test_training_on_the_gpu_follows_the_cpu(io_config_dict):
                 assert float(b) == pytest.approx(float(a), rel=1e-6, abs=1e-9), name
 
 
-def test_long_range_model_on_the_gpu_equals_the_cpu(tmp_path):
-    from equipot.config import LongRangeConfig, ModelConfig
-    from equipot.data import Statistics
-    from equipot.model import build_model, save_model
+def test_long_range_model_on_the_gpu_equals_the_cpu():
+    from test_long_range import lr_model  # the long-range model of its own tests (Ewald at this size)
 
-    torch.manual_seed(0)
-    config = ModelConfig(r_max=3.0, channels=4, lmax=1, num_basis=4, radial_hidden=[8], readout_hidden=4,
-                         correlation=2, long_range=LongRangeConfig(method="auto", smearing=1.0, accuracy=1e-8))
-    stats = Statistics(species=[11, 17], e0={11: 0.0, 17: 0.0}, energy_shift=0.0, energy_scale=1.0,
-                       avg_num_neighbors=5.0)
-    path = tmp_path / "lr.safetensors"
-    save_model(str(path), build_model(config, stats).double(), config, stats)
     salt = ase.build.bulk("NaCl", "rocksalt", a=5.64, cubic=True).repeat(2)
     salt.rattle(0.05, seed=2)
-    e_cpu, f_cpu, s_cpu = results(salt, path, "cpu")
-    e_gpu, f_gpu, s_gpu = results(salt, path, "cuda")
+    e_cpu, f_cpu, s_cpu = results(salt, lr_model(), "cpu")
+    e_gpu, f_gpu, s_gpu = results(salt, lr_model(), "cuda")
     assert e_gpu == pytest.approx(e_cpu, rel=1e-9)
     np.testing.assert_allclose(f_gpu, f_cpu, rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(s_gpu, s_cpu, rtol=1e-7, atol=1e-9)
